@@ -1,0 +1,1 @@
+"""Kernel backends of gdn_dispatch (installed as ``gdn_dispatch.backends``)."""

@@ -1,0 +1,1 @@
+"""Triton backend for NVIDIA GPUs (installed as ``gdn_dispatch.backends.triton_cuda``)."""

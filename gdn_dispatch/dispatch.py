@@ -1,0 +1,138 @@
+"""The per-call path: metadata key -> cached (validated meta, backend impl) -> run.
+
+Validation reads metadata only, so its result and the selection are cached by a key made of
+each tensor's shape, strides, dtype and device index plus the call's non-tensor arguments and
+the forced backend name.  A repeated call costs one key build and one dict lookup.  Value
+checks (which read tensor contents) run only for CPU tensors or with GDN_CHECK_VALUES=1, and
+never during CUDA-graph capture.  Nothing here synchronizes the device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import registry
+from .probe import DeviceProbe, probe_device, simulated_probe
+from .registry import CallMeta, Explanation
+
+__all__ = ["OpSpec", "run", "explain_call", "clear_decision_cache", "OP_SPECS"]
+
+_MAX_CACHE = 4096
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """How the dispatcher handles one op: parameter order, validation, value checks."""
+
+    name: str
+    params: tuple[str, ...]          # every parameter, in API order (keyword-only ones too)
+    validate: Callable[[Sequence[Any], DeviceProbe], CallMeta]
+    values: Callable[[Sequence[Any]], None] | None
+    device_arg: int                  # index of the tensor whose device is the call's device
+    scale_arg: int | None = None     # index of ``scale`` (None -> K ** -0.5), if any
+    value_args: tuple[int, ...] = ()  # indices of args the value checks read (None = skip)
+
+
+OP_SPECS: dict[str, OpSpec] = {}
+
+_DECISIONS: dict[tuple, tuple[Callable[..., Any], CallMeta]] = {}
+
+
+def clear_decision_cache() -> None:
+    _DECISIONS.clear()
+
+
+def _key(args: Sequence[Any]) -> tuple:
+    parts: list[Any] = []
+    app = parts.append
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            app(a.shape)
+            app(a.stride())
+            app(a.dtype)
+            app(a.get_device())
+        else:
+            app(a)
+    return tuple(parts)
+
+
+def _should_check_values(dev_tensor: torch.Tensor) -> bool:
+    if not dev_tensor.is_cuda:
+        return True
+    if os.environ.get("GDN_CHECK_VALUES", "0") not in ("1", "true", "True", "yes"):
+        return False
+    return not torch.cuda.is_current_stream_capturing()
+
+
+def _probe_of(spec: OpSpec, args: Sequence[Any]) -> DeviceProbe:
+    sim = simulated_probe()
+    if sim is not None:
+        return sim
+    dev = args[spec.device_arg]
+    return probe_device(dev.device if isinstance(dev, torch.Tensor) else None)
+
+
+def _decide(spec: OpSpec, args: Sequence[Any], forced: str | None,
+            source: str | None) -> tuple[Callable[..., Any], CallMeta]:
+    probe = _probe_of(spec, args)
+    meta = spec.validate(args, probe)
+    backend = registry.select(meta, forced, source)
+    return backend.impl(spec.name), meta
+
+
+def run(spec: OpSpec, args: tuple) -> Any:
+    """Validate (cached), select (cached), value-check (CPU or opt-in) and run one call."""
+    forced, source = registry.forced_backend_name(spec.name)
+    try:
+        key = (spec.name, forced, _key(args))
+        hit = _DECISIONS.get(key)
+        if simulated_probe() is not None:
+            key, hit = None, None
+    except TypeError:  # an unhashable argument: validate and select without caching
+        key, hit = None, None
+    if hit is None:
+        hit = _decide(spec, args, forced, source)
+        if key is not None:
+            if len(_DECISIONS) >= _MAX_CACHE:
+                _DECISIONS.clear()
+            _DECISIONS[key] = hit
+    impl, meta = hit
+    if spec.values is not None:
+        dev = args[spec.device_arg]
+        if any(args[i] is not None for i in spec.value_args) and _should_check_values(dev):
+            spec.values(args)
+    if spec.scale_arg is not None and args[spec.scale_arg] is None:
+        args = args[:spec.scale_arg] + (meta.K ** -0.5,) + args[spec.scale_arg + 1:]
+    return impl(*args, meta=meta)
+
+
+def explain_call(spec: OpSpec, args: tuple) -> Explanation:
+    """Which backend would run this call and why the others were passed over; runs nothing."""
+    from .errors import GDNInputError
+
+    forced, source = registry.forced_backend_name(spec.name)
+    probe = _probe_of(spec, args)
+    try:
+        meta = spec.validate(args, probe)
+    except GDNInputError as exc:
+        return Explanation(op=spec.name, chosen=None, forced_by=source, error=str(exc))
+    reasons = registry.reasons_for_all(meta)
+    chosen = None
+    error = None
+    if forced is not None:
+        if forced not in reasons:
+            error = f"forced backend {forced!r} is not registered"
+        elif reasons[forced]:
+            error = f"forced backend {forced!r} cannot serve this call"
+        else:
+            chosen = forced
+    else:
+        chosen = next((name for name, why in reasons.items() if not why), None)
+        if chosen is None:
+            error = "no registered backend can serve this call"
+    return Explanation(op=spec.name, chosen=chosen, forced_by=source if forced else None,
+                       reasons=reasons, meta=meta, error=error)
