@@ -9,7 +9,6 @@ never during CUDA-graph capture.  Nothing here synchronizes the device.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -63,7 +62,7 @@ def _key(args: Sequence[Any]) -> tuple:
 def _should_check_values(dev_tensor: torch.Tensor) -> bool:
     if not dev_tensor.is_cuda:
         return True
-    if os.environ.get("GDN_CHECK_VALUES", "0") not in ("1", "true", "True", "yes"):
+    if registry.env_get("GDN_CHECK_VALUES") not in ("1", "true", "True", "yes"):
         return False
     return not torch.cuda.is_current_stream_capturing()
 

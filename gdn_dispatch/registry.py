@@ -260,6 +260,26 @@ def use_backend(name: str | None) -> Iterator[None]:
         stack.pop()
 
 
+def _env_reader() -> Callable[[str], str | None]:
+    """A fast ``os.environ.get``: one dict lookup on the raw environment where CPython keeps
+    one (POSIX), else the plain call.  Reads the live environment on every call."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict) and os.name == "posix" and all(
+            isinstance(k, bytes) for k in list(data)[:1]):
+        encoded: dict[str, bytes] = {}
+
+        def get(name: str) -> str | None:
+            key = encoded.get(name)
+            if key is None:
+                key = encoded[name] = os.fsencode(name)
+            raw = data.get(key)
+            return None if raw is None else os.fsdecode(raw)
+
+        return get
+    return os.environ.get
+
+
+env_get = _env_reader()
 _ENV_KEYS = {op: "GDN_BACKEND_" + op.upper() for op in OPS}
 
 
@@ -271,11 +291,11 @@ def forced_backend_name(op: str) -> tuple[str | None, str | None]:
         if top is not None:
             return top, "use_backend()"
         return None, None
-    env = os.environ
-    name = env.get(_ENV_KEYS.get(op) or ("GDN_BACKEND_" + op.upper()))
+    key = _ENV_KEYS.get(op) or ("GDN_BACKEND_" + op.upper())
+    name = env_get(key)
     if name:
-        return name, "GDN_BACKEND_" + op.upper()
-    name = env.get("GDN_BACKEND")
+        return name, key
+    name = env_get("GDN_BACKEND")
     if name:
         return name, "GDN_BACKEND"
     return None, None
