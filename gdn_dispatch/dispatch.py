@@ -1,7 +1,7 @@
 """The per-call path: metadata key -> cached (validated meta, backend impl) -> run.
 
 Validation reads metadata only, so its result and the selection are cached by a key made of
-each tensor's shape, strides, dtype and device index plus the call's non-tensor arguments and
+each tensor's shape, strides, dtype and device plus the call's non-tensor arguments and
 the forced backend name.  A repeated call costs one key build and one dict lookup.  Value
 checks (which read tensor contents) run only for CPU tensors or with GDN_CHECK_VALUES=1, and
 never during CUDA-graph capture.  Nothing here synchronizes the device.
@@ -53,7 +53,7 @@ def _key(args: Sequence[Any]) -> tuple:
             app(a.shape)
             app(a.stride())
             app(a.dtype)
-            app(a.get_device())
+            app(a.device)  # not get_device(): CPU and meta both report -1
         else:
             app(a)
     return tuple(parts)

@@ -153,7 +153,7 @@ def _probe_cpu() -> DeviceProbe:
     return DeviceProbe(vendor="cpu", arch="cpu", name="CPU", device_type="cpu", bf16=True,
                        warp_size=1, multiprocessors=os.cpu_count() or 1,
                        triton_available=ok, triton_version=ver, triton_target=None,
-                       interpreter=ok and interpreter_enabled())
+                       interpreter=ok and interpreter_enabled(), simulated=False)
 
 
 def _probe_gpu(index: int) -> DeviceProbe:
@@ -179,7 +179,7 @@ def _probe_gpu(index: int) -> DeviceProbe:
                        multiprocessors=int(props.multi_processor_count), warp_size=warp,
                        l2_bytes=l2, triton_available=ok, triton_version=ver,
                        triton_target=target if ok else None,
-                       interpreter=ok and interpreter_enabled())
+                       interpreter=ok and interpreter_enabled(), simulated=False)
 
 
 def probe_device(device: torch.device | str | None = None) -> DeviceProbe:
@@ -201,7 +201,7 @@ def probe_device(device: torch.device | str | None = None) -> DeviceProbe:
                 probe = _probe_cpu()
             else:
                 probe = DeviceProbe(vendor=dev.type, arch=dev.type, name=dev.type,
-                                    device_type=dev.type)
+                                    device_type=dev.type, simulated=False)
             _CACHE[dev] = probe
         if device is not None:
             _CACHE[device] = probe
