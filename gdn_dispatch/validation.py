@@ -343,7 +343,14 @@ def validate_fused_recurrent_gated_delta_rule_packed_decode(args: Sequence[Any],
         c.head_vector("dt_bias", dt_bias, HV)
     _scale(c, scale)
     out = c.tensor("out", out, ndim=4, dtypes=frozenset({mixed_qkv.dtype}))
-    c.shape("out", out, (N, 1, HV, V))
+    if tuple(out.shape) != (N, 1, HV, V):
+        hint = ""
+        if tuple(out.shape) == (N, 1, HV, K) and K != V:
+            hint = (" (the pool looks transposed: pass state_v_first="
+                     f"{not v_first} for a {'[slots, HV, K, V]' if v_first else '[slots, HV, V, K]'}"
+                     " pool)")
+        c.fail("out", f"shape [N, 1, HV, V] = [{N}, 1, {HV}, {V}] (V read from the pool)",
+               f"shape {_shape(out)}{hint}")
     c.indices("ssm_state_indices", indices, N, ndim=(1,))
     flags = _flags(l2norm=l2norm, state_v_first=v_first, pool=True, gate_in_kernel=True,
                    beta_sigmoid=True, initial_state=True, inplace_final_state=True)
