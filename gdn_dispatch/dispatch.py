@@ -46,6 +46,7 @@ def clear_decision_cache() -> None:
 
 
 def _key(args: Sequence[Any]) -> tuple:
+    """Generic metadata key (used when an op has no generated key function)."""
     parts: list[Any] = []
     app = parts.append
     for a in args:
@@ -57,6 +58,44 @@ def _key(args: Sequence[Any]) -> tuple:
         else:
             app(a)
     return tuple(parts)
+
+
+_KEY_FNS: dict[str, Callable[[Sequence[Any]], tuple]] = {}
+
+
+def _tensor_params(op: str) -> set[str]:
+    """Names of the op's tensor parameters, read from the public function's annotations."""
+    import inspect
+
+    from . import api
+
+    sig = inspect.signature(api.PUBLIC_OPS[op])
+    return {name for name, p in sig.parameters.items() if "Tensor" in str(p.annotation)}
+
+
+def _key_fn(spec: OpSpec) -> Callable[[Sequence[Any]], tuple]:
+    """A key function unrolled for the op's parameters (no per-argument type tests).
+
+    Tensor parameters contribute (shape, strides, dtype, device) or None; the others their
+    value.  A non-tensor passed where a tensor belongs raises AttributeError, which ``run``
+    answers by validating without the cache (validation then names the argument)."""
+    fn = _KEY_FNS.get(spec.name)
+    if fn is None:
+        tensors = _tensor_params(spec.name)
+        names = [f"x{i}" for i in range(len(spec.params))]
+        parts = []
+        for name, param in zip(names, spec.params):
+            if param in tensors:
+                parts.append(f"None if {name} is None else "
+                             f"({name}.shape, {name}.stride(), {name}.dtype, {name}.device)")
+            else:
+                parts.append(name)
+        src = (f"def key(a):\n    {', '.join(names)}, = a\n"
+               f"    return ({', '.join(parts)},)\n")
+        scope: dict[str, Any] = {}
+        exec(compile(src, f"<gdn key {spec.name}>", "exec"), scope)  # noqa: S102
+        fn = _KEY_FNS[spec.name] = scope["key"]
+    return fn
 
 
 def _should_check_values(dev_tensor: torch.Tensor) -> bool:
@@ -87,11 +126,11 @@ def run(spec: OpSpec, args: tuple) -> Any:
     """Validate (cached), select (cached), value-check (CPU or opt-in) and run one call."""
     forced, source = registry.forced_backend_name(spec.name)
     try:
-        key = (spec.name, forced, _key(args))
+        key = (spec.name, forced, _key_fn(spec)(args))
         hit = _DECISIONS.get(key)
         if simulated_probe() is not None:
             key, hit = None, None
-    except TypeError:  # an unhashable argument: validate and select without caching
+    except (TypeError, AttributeError):  # unhashable or misplaced argument: no caching
         key, hit = None, None
     if hit is None:
         hit = _decide(spec, args, forced, source)
