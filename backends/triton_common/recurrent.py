@@ -1,0 +1,456 @@
+"""Token-by-token gated delta rule kernel family (decode, spec decode, short sequences).
+
+One Triton kernel, ``gated_delta_recurrent_kernel``, serves ``fused_recurrent_gated_delta_rule``
+(plain, varlen, pools, speculative decoding), ``fused_sigmoid_gating_delta_rule_update`` and
+the packed decode op; constexpr modes pick the gating, the beta activation, where the
+starting state comes from and where states go.  Vendors differ only in the
+``RecurrentConfig`` they pass to ``launch_recurrent``.
+
+Work split: one program per (sequence, value head, BV-slice of V).  It owns the full K extent
+of that slice, so every state element is read once and written once:
+
+- K-first state ``[K, V]``: a ``[BK, BV]`` tile, rows of BV contiguous elements (V-contiguous
+  loads), reductions over K (axis 0);
+- V-first state ``[V, K]``: a ``[BV, BK]`` tile, BV rows of K contiguous elements.
+
+The program id runs over V-slices fastest, so neighbouring programs stream one head's state
+contiguously.  Both reductions of a step (``k @ S`` and ``q @ S``) read the state before the
+update: ``q @ S_new = alpha * (q @ S) + (q . k) * u``, which shortens the dependency chain.
+
+Safety: any pool index outside ``[0, slots)`` makes its sequence padding (outputs zero,
+nothing read or written); indices are read in the kernel, so nothing syncs the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import CachedLauncher
+
+__all__ = [
+    "RecurrentConfig", "GATE_NONE", "GATE_LOG", "GATE_RAW", "BETA_ONE", "BETA_GIVEN",
+    "BETA_SIGMOID", "IDX_NONE", "IDX_POOL", "IDX_SPEC", "DST_NONE", "DST_NEW", "DST_INPLACE",
+    "DST_SPEC_INPLACE", "DST_PER_TOKEN", "gated_delta_recurrent_kernel", "launch_recurrent",
+    "aot_specs",
+]
+
+# gate modes: g absent / g already log-space / g raw (g = -exp(A_log) * softplus(g + dt_bias))
+GATE_NONE, GATE_LOG, GATE_RAW = 0, 1, 2
+# beta modes: beta = 1 / beta given / beta = sigmoid(raw) (times 2 with NEG_EIGVAL)
+BETA_ONE, BETA_GIVEN, BETA_SIGMOID = 0, 1, 2
+# where the start state comes from: row n of h_src / pool[idx[n]] / pool[idx[n, nat[n] - 1]]
+IDX_NONE, IDX_POOL, IDX_SPEC = 0, 1, 2
+# where states go: nowhere / new [N, ...] / back to the start row / pool[idx[n, t]] per token /
+# new [B*T, ...] per token
+DST_NONE, DST_NEW, DST_INPLACE, DST_SPEC_INPLACE, DST_PER_TOKEN = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Launch choices of the recurrent kernel; ``options`` holds vendor-only launch options
+    (e.g. ``(("waves_per_eu", 2),)`` on HIP), passed through untouched."""
+
+    BV: int
+    num_warps: int
+    num_stages: int = 1
+    tiles: int = 1  # work items per program; the next item's state loads during this one
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+@triton.jit
+def _item_start(item, idx, num_accepted, slots, idx_cols, s_idx0, s_idx1, HV: tl.constexpr,
+                NV: tl.constexpr, IDX_MODE: tl.constexpr, HAS_NAT: tl.constexpr):
+    """Coordinates of one work item and the pool row it starts from (0 when padding)."""
+    i_v = item % NV
+    i_nh = item // NV
+    i_n = (i_nh // HV).to(tl.int64)
+    i_hv = i_nh % HV
+    if IDX_MODE == 0:
+        src_row = i_n
+        valid = i_n >= 0
+    elif IDX_MODE == 1:
+        src_row = tl.load(idx + i_n * s_idx0).to(tl.int64)
+        valid = (src_row >= 0) & (src_row < slots)
+    else:
+        if HAS_NAT:
+            j = tl.load(num_accepted + i_n).to(tl.int64) - 1
+        else:
+            j = i_n * 0
+        j = tl.minimum(tl.maximum(j, 0), idx_cols - 1)
+        src_row = tl.load(idx + i_n * s_idx0 + j * s_idx1).to(tl.int64)
+        valid = (src_row >= 0) & (src_row < slots)
+    src_row = tl.where(valid, src_row, 0)
+    return i_v, i_n, i_hv, src_row, valid
+
+
+@triton.jit
+def _state_tile(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                STATE_V_FIRST: tl.constexpr):
+    """Element offsets and mask of one program's state tile inside a [K, V] / [V, K] head."""
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    if STATE_V_FIRST:
+        tile = o_v[:, None] * K + o_k[None, :]
+        mask = (o_v < V)[:, None] & (o_k < K)[None, :]
+    else:
+        tile = o_k[:, None] * V + o_v[None, :]
+        mask = (o_k < K)[:, None] & (o_v < V)[None, :]
+    return tile, mask
+
+
+@triton.jit(do_not_specialize=["slots", "idx_cols"])
+def gated_delta_recurrent_kernel(
+    q, k, v, g, beta, A_log, dt_bias, o, h_src, h_dst, cu_seqlens, idx, num_accepted,
+    scale, softplus_beta, softplus_threshold, T, slots, idx_cols, k_off, v_off,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh,
+    s_gb, s_gt, s_bb, s_bt, s_ob, s_ot, s_oh, s_src, s_dst, s_idx0, s_idx1,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, TILES: tl.constexpr,
+    STATE_V_FIRST: tl.constexpr, L2NORM: tl.constexpr, GATE_MODE: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr,
+    IS_VARLEN: tl.constexpr, IDX_MODE: tl.constexpr, HAS_NAT: tl.constexpr,
+    HAS_H0: tl.constexpr, DST_MODE: tl.constexpr,
+):
+    NV: tl.constexpr = (V + BV - 1) // BV
+    first = tl.program_id(0) * TILES
+    i_v, i_n, i_hv, src_row, valid = _item_start(first, idx, num_accepted, slots, idx_cols,
+                                                 s_idx0, s_idx1, HV, NV, IDX_MODE, HAS_NAT)
+    tile, mask_h = _state_tile(i_v, K, V, BK, BV, STATE_V_FIRST)
+    if HAS_H0:
+        h_raw = tl.load(h_src + src_row * s_src + i_hv * (K * V) + tile,
+                        mask=tl.where(valid, mask_h, False), other=0)
+    for j in tl.static_range(TILES):
+        # -- this item's state (loaded one item ahead) -------------------------------------
+        if HAS_H0:
+            b_h = h_raw.to(tl.float32)
+        else:
+            if STATE_V_FIRST:
+                b_h = tl.zeros([BV, BK], dtype=tl.float32)
+            else:
+                b_h = tl.zeros([BK, BV], dtype=tl.float32)
+        # -- prefetch the next item's state while this one computes -------------------------
+        if j + 1 < TILES:
+            n_v, n_n, n_hv, n_row, n_valid = _item_start(
+                first + j + 1, idx, num_accepted, slots, idx_cols, s_idx0, s_idx1, HV, NV,
+                IDX_MODE, HAS_NAT)
+            n_tile, n_mask = _state_tile(n_v, K, V, BK, BV, STATE_V_FIRST)
+            if HAS_H0:
+                h_raw = tl.load(h_src + n_row * s_src + n_hv * (K * V) + n_tile,
+                                mask=tl.where(n_valid, n_mask, False), other=0)
+
+        # -- the recurrence of this item -------------------------------------------------------
+        i_h = i_hv // (HV // H)
+        head_off = i_hv * (K * V)
+        o_k = tl.arange(0, BK)
+        o_v = i_v * BV + tl.arange(0, BV)
+        mask_k = o_k < K
+        mask_v = o_v < V
+        if IS_VARLEN:
+            bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+            seq_len = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+            row = i_n * 0
+            tok0 = bos
+        else:
+            bos = i_n * 0
+            seq_len = T
+            row = i_n
+            tok0 = i_n * T
+        if GATE_MODE == 2:
+            b_A = tl.exp(tl.load(A_log + i_hv).to(tl.float32))
+            if HAS_DT_BIAS:
+                b_bias = tl.load(dt_bias + i_hv).to(tl.float32)
+        p_q = q + row * s_qb + bos * s_qt + i_h * s_qh + o_k
+        p_k = k + k_off + row * s_kb + bos * s_kt + i_h * s_kh + o_k
+        p_v = v + v_off + row * s_vb + bos * s_vt + i_hv * s_vh + o_v
+        if GATE_MODE != 0:
+            p_g = g + row * s_gb + bos * s_gt + i_hv
+        if BETA_MODE != 0:
+            p_beta = beta + row * s_bb + bos * s_bt + i_hv
+        p_o = o + row * s_ob + bos * s_ot + i_hv * s_oh + o_v
+
+        for t in range(0, seq_len):
+            b_q = tl.load(p_q, mask=mask_k, other=0).to(tl.float32)
+            b_k = tl.load(p_k, mask=mask_k, other=0).to(tl.float32)
+            b_v = tl.load(p_v, mask=mask_v, other=0).to(tl.float32)
+            if L2NORM:
+                b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
+                b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
+            # both reductions read the state before the update
+            if STATE_V_FIRST:
+                b_kS = tl.sum(b_h * b_k[None, :], 1)
+                b_qS = tl.sum(b_h * b_q[None, :], 1)
+            else:
+                b_kS = tl.sum(b_h * b_k[:, None], 0)
+                b_qS = tl.sum(b_h * b_q[:, None], 0)
+            b_qk = tl.sum(b_q * b_k)
+            if BETA_MODE == 0:
+                b_beta = 1.0
+            elif BETA_MODE == 1:
+                b_beta = tl.load(p_beta).to(tl.float32)
+            else:
+                b_beta = tl.sigmoid(tl.load(p_beta).to(tl.float32))
+                if NEG_EIGVAL:
+                    b_beta = b_beta * 2.0
+            if GATE_MODE != 0:
+                b_g = tl.load(p_g).to(tl.float32)
+                if GATE_MODE == 2:
+                    if HAS_DT_BIAS:
+                        b_g = b_g + b_bias
+                    b_x = b_g * softplus_beta
+                    b_sp = tl.where(b_x <= softplus_threshold,
+                                    tl.log(1.0 + tl.exp(b_x)) / softplus_beta, b_g)
+                    b_g = -b_A * b_sp
+                b_alpha = tl.exp(b_g)
+                b_kS = b_kS * b_alpha
+                b_qS = b_qS * b_alpha
+            b_u = b_beta * (b_v - b_kS)
+            b_o = scale * (b_qS + b_qk * b_u)
+            if IDX_MODE != 0:
+                b_o = tl.where(valid, b_o, 0.0)
+            tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+            if GATE_MODE != 0:
+                if STATE_V_FIRST:
+                    b_h = b_h * b_alpha + b_u[:, None] * b_k[None, :]
+                else:
+                    b_h = b_h * b_alpha + b_k[:, None] * b_u[None, :]
+            else:
+                if STATE_V_FIRST:
+                    b_h = b_h + b_u[:, None] * b_k[None, :]
+                else:
+                    b_h = b_h + b_k[:, None] * b_u[None, :]
+
+            if DST_MODE == 3:
+                col_ok = t < idx_cols
+                d_row = tl.load(idx + i_n * s_idx0 + t * s_idx1, mask=col_ok,
+                                other=-1).to(tl.int64)
+                d_ok = valid & (d_row >= 0) & (d_row < slots)
+                d_row = tl.where(d_ok, d_row, 0)
+                tl.store(h_dst + d_row * s_dst + head_off + tile,
+                         b_h.to(h_dst.dtype.element_ty), mask=tl.where(d_ok, mask_h, False))
+            if DST_MODE == 4:  # only with IDX_SPEC
+                b_keep = tl.where(valid, b_h, 0.0)
+                tl.store(h_dst + (tok0 + t) * s_dst + head_off + tile,
+                         b_keep.to(h_dst.dtype.element_ty), mask=mask_h)
+
+            p_q += s_qt
+            p_k += s_kt
+            p_v += s_vt
+            if GATE_MODE != 0:
+                p_g += s_gt
+            if BETA_MODE != 0:
+                p_beta += s_bt
+            p_o += s_ot
+
+        if DST_MODE == 1:
+            if IDX_MODE != 0:
+                b_h = tl.where(valid, b_h, 0.0)
+            tl.store(h_dst + i_n * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
+                     mask=mask_h)
+        if DST_MODE == 2:
+            tl.store(h_dst + src_row * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
+                     mask=tl.where(valid, mask_h, False))
+
+        if j + 1 < TILES:
+            i_v, i_n, i_hv, src_row, valid = n_v, n_n, n_hv, n_row, n_valid
+            tile, mask_h = n_tile, n_mask
+
+
+_LAUNCHER = CachedLauncher(gated_delta_recurrent_kernel,
+                           n_runtime=gated_delta_recurrent_kernel.arg_names.index("H"))
+
+
+def launch_recurrent(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, *,
+    config: RecurrentConfig, N: int, T: int, H: int, HV: int, K: int, V: int, scale: float,
+    q_strides: tuple[int, int, int], k_strides: tuple[int, int, int],
+    v_strides: tuple[int, int, int], o_strides: tuple[int, int, int],
+    k_off: int = 0, v_off: int = 0,
+    g: torch.Tensor | None = None, gate_mode: int = GATE_NONE,
+    A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+    softplus_beta: float = 1.0, softplus_threshold: float = 20.0,
+    beta: torch.Tensor | None = None, beta_mode: int = BETA_ONE, neg_eigval: bool = False,
+    l2norm: bool = False, state_v_first: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    h_src: torch.Tensor | None = None, h_dst: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None, idx_mode: int = IDX_NONE,
+    num_accepted: torch.Tensor | None = None, dst_mode: int = DST_NONE,
+) -> None:
+    """Launch ``gated_delta_recurrent_kernel`` (no allocation, no host sync).
+
+    ``q_strides`` etc. are (batch, token, head) strides in elements; ``k_off``/``v_off`` are
+    element offsets of k and v from their base pointers (packed projections pass one tensor
+    three times).  ``g``/``beta`` may be ``[B, T, HV]`` or ``[B*T, HV]``.  ``h_src`` is the
+    initial state or pool (rows along dim 0), ``h_dst`` where states go (see DST_*).
+    """
+    if N == 0:
+        return
+    BK = _pow2(K)
+    BV = min(config.BV, _pow2(V))
+    items = N * HV * ((V + BV - 1) // BV)
+    tiles = config.tiles
+    while tiles > 1 and items % tiles:
+        tiles //= 2
+    if g is None:
+        s_gb = s_gt = 0
+    elif g.dim() == 2:
+        s_gt = g.stride(0)
+        s_gb = T * s_gt
+    else:
+        s_gb, s_gt = g.stride(0), g.stride(1)
+    if beta is None:
+        s_bb = s_bt = 0
+    elif beta.dim() == 2:
+        s_bt = beta.stride(0)
+        s_bb = T * s_bt
+    else:
+        s_bb, s_bt = beta.stride(0), beta.stride(1)
+    if idx is not None:
+        if idx.dim() == 2:
+            s_idx0, s_idx1 = idx.stride()
+            idx_cols = idx.shape[1]
+        else:
+            s_idx0, s_idx1, idx_cols = idx.stride(0), 0, 1
+    else:
+        s_idx0 = s_idx1 = 0
+        idx_cols = 1
+    if h_src is not None:
+        slots, s_src = h_src.shape[0], h_src.stride(0)
+    else:
+        slots, s_src = N, 0
+    _LAUNCHER.launch(
+        (items // tiles,),
+        (q, k, v, g, beta, A_log, dt_bias, o, h_src, h_dst, cu_seqlens, idx, num_accepted,
+         scale, softplus_beta, softplus_threshold, T, slots, idx_cols, k_off, v_off,
+         q_strides[0], q_strides[1], q_strides[2], k_strides[0], k_strides[1], k_strides[2],
+         v_strides[0], v_strides[1], v_strides[2], s_gb, s_gt, s_bb, s_bt,
+         o_strides[0], o_strides[1], o_strides[2], s_src,
+         h_dst.stride(0) if h_dst is not None else 0, s_idx0, s_idx1),
+        (H, HV, K, V, BK, BV, tiles, state_v_first, l2norm, gate_mode, dt_bias is not None,
+         beta_mode, neg_eigval, cu_seqlens is not None, idx_mode, num_accepted is not None,
+         h_src is not None, dst_mode),
+        config.num_warps, config.num_stages, config.options)
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+# -- AOT description ------------------------------------------------------------------------
+_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_INT_ARGS = ("T", "slots", "idx_cols", "k_off", "v_off", "s_qb", "s_qt", "s_qh", "s_kb", "s_kt",
+             "s_kh", "s_vb", "s_vt", "s_vh", "s_gb", "s_gt", "s_bb", "s_bt", "s_ob", "s_ot",
+             "s_oh", "s_src", "s_dst", "s_idx0", "s_idx1")
+
+
+def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, config: RecurrentConfig,
+                       H: int, HV: int, K: int, V: int, state_v_first: bool, variant: str,
+                       gate_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """One AOT compile description of the recurrent kernel.
+
+    ``variant``: "fused_recurrent" (g log-space, beta given, initial state in, new final state
+    out), "pool_decode" (varlen, pool [N] in place, gating and beta sigmoid in kernel, l2norm:
+    op 2 as engines call it and op 3) or "packed_decode" (op 4).
+    """
+    io, st = "*" + _TY[io_dtype], "*" + _TY[state_dtype]
+    sig: dict[str, str] = {name: io for name in ("q", "k", "v", "o")}
+    const: dict[str, Any] = {}
+    pool = variant in ("pool_decode", "packed_decode")
+    sig["g"] = "*" + _TY[gate_dtype if variant == "fused_recurrent" else io_dtype]
+    sig["beta"] = io
+    if pool:
+        sig["A_log"] = "*fp32"
+        sig["dt_bias"] = "*fp32"
+    else:
+        const["A_log"] = const["dt_bias"] = None
+    sig["h_src"] = st
+    sig["h_dst"] = st
+    if variant == "pool_decode":
+        sig["cu_seqlens"] = "*i32"
+    else:
+        const["cu_seqlens"] = None
+    if pool:
+        sig["idx"] = "*i32"
+    else:
+        const["idx"] = None
+    const["num_accepted"] = None
+    for name in ("scale", "softplus_beta", "softplus_threshold"):
+        sig[name] = "fp32"
+    for name in _INT_ARGS:
+        sig[name] = "i32"
+    const.update(H=H, HV=HV, K=K, V=V, BK=triton.next_power_of_2(K),
+                 BV=min(config.BV, triton.next_power_of_2(V)), TILES=config.tiles,
+                 STATE_V_FIRST=state_v_first,
+                 L2NORM=pool, GATE_MODE=GATE_RAW if pool else GATE_LOG, HAS_DT_BIAS=pool,
+                 BETA_MODE=BETA_SIGMOID if pool else BETA_GIVEN, NEG_EIGVAL=False,
+                 IS_VARLEN=variant == "pool_decode", IDX_MODE=IDX_POOL if pool else IDX_NONE,
+                 HAS_NAT=False, HAS_H0=True, DST_MODE=DST_INPLACE if pool else DST_NEW)
+    fn = gated_delta_recurrent_kernel
+    ordered = {name: ("constexpr" if name in const else sig[name]) for name in fn.arg_names}
+    layout = "vk" if state_v_first else "kv"
+    # what the JIT would see for Qwen3-Next tensors: 16-byte aligned pointers, strides % 16
+    aligned = [name for name, ty in ordered.items()
+               if ty.startswith("*") or (ty == "i32" and name.startswith("s_")
+                                         and not name.startswith("s_idx"))
+               or name in ("k_off", "v_off")]
+    return {
+        "name": f"gated_delta_recurrent_{variant}_{layout}_{_TY[io_dtype]}_state{_TY[state_dtype]}"
+                f"_K{K}_V{V}_HV{HV}_H{H}",
+        "kernel": fn,
+        "signature": ordered,
+        "constexprs": const,
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+        "options": dict(config.options),
+        "divisible_by_16": aligned,
+        "attrs": divisibility_attrs(fn, aligned),
+    }
+
+
+def divisibility_attrs(fn: Any, names: list[str]) -> dict[tuple[int, ...], list[list[Any]]]:
+    """``ASTSource`` attrs marking ``names`` (pointers, ints) as divisible by 16."""
+    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in names}
+
+
+def _config_table(arch: str) -> Any:
+    """The ``recurrent_config_for_arch`` of the backend serving ``arch`` (None if none)."""
+    import importlib
+
+    vendor = "triton_cuda" if arch.startswith("sm_") else "triton_rocm"
+    try:
+        mod = importlib.import_module(f"gdn_dispatch.backends.{vendor}.configs")
+    except ImportError:
+        return None
+    return getattr(mod, "recurrent_config_for_arch", None)
+
+
+def aot_specs(arch: str) -> list[dict[str, Any]]:
+    """AOT compile descriptions of the recurrent kernels served on ``arch`` ("sm_90", ...).
+
+    Each dict: ``name``, ``kernel`` (the JITFunction), ``signature`` (every argument name in
+    order -> Triton type string, "constexpr" for compile-time ones), ``constexprs`` (name ->
+    value, None for absent pointers), ``num_warps``, ``num_stages``, ``options`` (extra
+    backend options), ``divisible_by_16`` (argument names the JIT would mark 16-divisible
+    for these shapes) and ``attrs`` (the same as ``ASTSource`` attrs).  Compile with
+    ``triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget(...),
+    options={"num_warps": ..., "num_stages": ..., **options})``.  Covers Qwen3-Next shapes (K = V = 128, H = 16, HV = 32) for the
+    configs the CUDA config table picks; other backends pass their own configs to
+    ``recurrent_aot_spec``.
+    """
+    config_for = _config_table(arch)
+    if config_for is None:
+        return []
+    out = []
+    for v_first in (False, True):
+        for state_dtype in (torch.float32, torch.bfloat16):
+            for io_dtype in (torch.bfloat16, torch.float16):
+                cfg = config_for(arch, v_first, state_dtype, 128, 128, 1 << 20)
+                for variant in ("fused_recurrent", "pool_decode", "packed_decode"):
+                    out.append(recurrent_aot_spec(io_dtype=io_dtype, state_dtype=state_dtype,
+                                                  config=cfg, H=16, HV=32, K=128, V=128,
+                                                  state_v_first=v_first, variant=variant))
+    return out

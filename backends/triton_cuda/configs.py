@@ -1,0 +1,108 @@
+"""Launch configs of the decode-side kernels on NVIDIA GPUs: one table per kernel, per arch.
+
+Looked up by the probe's arch (and, for the recurrent kernel, by how many (sequence, head)
+pairs a call has, so small decode batches get more, smaller programs).  Lookups are cached:
+no autotuning ever runs on the hot path.  The sm_90 medium/large entries are the winners of
+the H100 sweep in ``benchmarks/bench_decode.py`` (see docs/performance.md); sm_80 / sm_100
+share them for now (same 128-byte lines, same warp size; the batch buckets scale with the SM
+count), untuned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+from gdn_dispatch.backends.triton_common.gating import RowConfig
+from gdn_dispatch.backends.triton_common.recurrent import RecurrentConfig
+from gdn_dispatch.backends.triton_common.split import SplitConfig
+
+from gdn_dispatch.probe import DeviceProbe
+
+__all__ = ["recurrent_config", "recurrent_config_for_arch", "gating_config", "l2norm_config",
+           "split_config", "batch_bucket", "clear_config_cache", "RECURRENT_TABLE"]
+
+# (arch family, state_v_first, state element bytes) -> config per batch bucket.  Buckets by
+# (sequences x value heads) per SM: "small" < 4 (latency-bound: many small programs),
+# "medium" < 32, "large" otherwise (bandwidth-bound).  Every program reads a full K x BV
+# tile; BV * element bytes >= 64 keeps K-first rows at least two 32-byte sectors.
+RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
+    # medium/large: winners of the H100 sweep of 2026-11-25 (docs/performance.md, "Decode")
+    ("sm_90", False, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
+                          "medium": RecurrentConfig(BV=32, num_warps=2),
+                          "large": RecurrentConfig(BV=64, num_warps=2)},
+    ("sm_90", True, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
+                         "medium": RecurrentConfig(BV=16, num_warps=2),
+                         "large": RecurrentConfig(BV=64, num_warps=4)},
+    ("sm_90", False, 2): {"small": RecurrentConfig(BV=32, num_warps=2),
+                          "medium": RecurrentConfig(BV=64, num_warps=2),
+                          "large": RecurrentConfig(BV=64, num_warps=2)},
+    ("sm_90", True, 2): {"small": RecurrentConfig(BV=16, num_warps=2),
+                         "medium": RecurrentConfig(BV=64, num_warps=2),
+                         "large": RecurrentConfig(BV=32, num_warps=2)},
+}
+
+_SMALL_PER_SM, _MEDIUM_PER_SM = 4, 32
+_SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
+
+
+def _family(arch: str) -> str:
+    """Table row for an arch: every sm_8x/9x/10x/12x shares the sm_90 entries for now."""
+    return "sm_90"
+
+
+def batch_bucket(n_heads_total: int, sms: int) -> str:
+    """"small", "medium" or "large" for a call with ``n_heads_total`` (sequence, head) pairs."""
+    if n_heads_total < _SMALL_PER_SM * sms:
+        return "small"
+    return "medium" if n_heads_total < _MEDIUM_PER_SM * sms else "large"
+
+
+@functools.lru_cache(maxsize=512)
+def _recurrent(arch: str, sms: int, v_first: bool, elem: int, K: int, V: int,
+               n_heads_total: int) -> RecurrentConfig:
+    cfg = RECURRENT_TABLE[(_family(arch), v_first, elem)][batch_bucket(n_heads_total, sms)]
+    # keep the fp32 state tile at <= 128 values per thread (no spills for K up to 256)
+    while cfg.BV > 8 and K * cfg.BV > 128 * 32 * cfg.num_warps:
+        cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
+    return cfg
+
+
+def recurrent_config_for_arch(arch: str, v_first: bool, state_dtype: torch.dtype, K: int, V: int,
+                              n_heads_total: int, sms: int | None = None) -> RecurrentConfig:
+    """Config of the recurrent kernel for ``n_heads_total`` = sequences x value heads."""
+    elem = 4 if state_dtype == torch.float32 else 2
+    return _recurrent(arch, sms or _SMS.get(arch, 132), bool(v_first), elem, K, V, n_heads_total)
+
+
+def recurrent_config(probe: DeviceProbe, v_first: bool, state_dtype: torch.dtype, K: int, V: int,
+                     n_heads_total: int) -> RecurrentConfig:
+    """Config of the recurrent kernel on the probed device."""
+    elem = 4 if state_dtype == torch.float32 else 2
+    return _recurrent(probe.arch, probe.multiprocessors or 132, bool(v_first), elem, K, V,
+                      n_heads_total)
+
+
+@functools.lru_cache(maxsize=64)
+def gating_config(arch: str) -> RowConfig:
+    """fused_gdn_gating: elements per program and warps."""
+    return RowConfig(block=1024, num_warps=4)
+
+
+@functools.lru_cache(maxsize=64)
+def l2norm_config(arch: str, D: int) -> RowConfig:
+    """l2norm: rows per program (block) and warps, for rows of D elements."""
+    rows = max(1, min(16, 4096 // max(D, 1)))
+    return RowConfig(block=rows, num_warps=4 if D <= 1024 else 8)
+
+
+@functools.lru_cache(maxsize=64)
+def split_config(arch: str) -> SplitConfig:
+    """fused_qkvzba_split_reshape_cat: warps per (token, key head) program."""
+    return SplitConfig(num_warps=4)
+
+
+def clear_config_cache() -> None:
+    """Forget cached lookups (after editing ``RECURRENT_TABLE``, e.g. in a tuning sweep)."""
+    _recurrent.cache_clear()
