@@ -1,0 +1,244 @@
+"""Launcher of the chunked gated delta rule pipeline (three kernels), driven by a config object.
+
+1. ``chunk_gate_kkt_solve`` (parallel over chunks x value heads): gates and their in-chunk
+   cumulative sum, ``K K^T`` and ``(I + A)^-1``, per-token factors.
+2. ``chunk_output_operator`` (same grid): ``P (I + A)^-1`` (decay-masked ``q k^T`` times the
+   inverse).
+3. ``chunk_state_output`` (parallel over value blocks x sequences x value heads): the
+   chunk-to-chunk state recurrence fused with the output.
+
+Everything a vendor may want to tune lives in :class:`ChunkConfig`; backends pass one in
+(``config_for(arch, K, V)`` gives the defaults).  Varlen chunk bookkeeping is done with torch
+ops on the device (no host synchronisation), sized by the bound ``T // 64 + N``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from .chunk_gate_kkt_solve import NUM_PLANES, chunk_gate_kkt_solve_kernel
+from .chunk_output_operator import chunk_output_operator_kernel
+from .chunk_state_output import chunk_state_output_kernel, chunk_state_output_vt_kernel
+
+__all__ = ["ChunkConfig", "config_for", "chunk_table", "varlen_tables", "run_chunk_pipeline"]
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Block sizes, warps and stages of the two kernels.
+
+    ``state_bv``: columns of V per state program (None: chosen from the number of chains so
+    that at least ``programs_per_sm * SMs`` programs run).  ``solve_precision``: precision of
+    the fp32 products of the triangular solve for half inputs ("tf32", "tf32x3" or "ieee").
+    ``fp32_precision``: precision of every product for fp32 inputs ("tf32x3": three tf32
+    tensor-core products, about fp32 accuracy; "ieee" spills heavily at these tile sizes).
+    """
+
+    chunk: int = 64
+    intra_warps_small: int = 4      # K <= 128
+    intra_warps_large: int = 4      # K == 256
+    intra_stages: int = 1
+    operator_warps_small: int = 4   # chunk_output_operator, K <= 128
+    operator_warps_large: int = 4
+    gram_bk_max: int = 128          # K slice of the Gram products in stages 1 and 2
+    solve_precision: str = "tf32"
+    fp32_precision: str = "tf32x3"
+    state_bv: int | None = None
+    state_transposed: bool = False  # True: state held as [BV, K] (chunk_state_output_vt_kernel)
+    state_bv_max: int = 64
+    programs_per_sm: float = 1.5
+    state_warps_small: int = 4      # K <= 128 and K * BV <= state_warps_split
+    state_warps_large: int = 8
+    state_warps_split: int = 128 * 64
+    state_stages_small: int = 2     # K <= 128
+    state_stages_large: int = 2     # K == 256 (about 175 KB of shared memory at BV = 16)
+
+    def gram_bk(self, K: int) -> int:
+        """Width of the K slices of the Gram products (k k^T, q k^T)."""
+        return min(K, self.gram_bk_max)
+
+    def operator_warps(self, K: int) -> int:
+        return self.operator_warps_small if K <= 128 else self.operator_warps_large
+
+    def intra_warps(self, K: int) -> int:
+        return self.intra_warps_small if K <= 128 else self.intra_warps_large
+
+    def state_warps(self, K: int, BV: int) -> int:
+        small = K <= 128 and K * BV <= self.state_warps_split
+        return self.state_warps_small if small else self.state_warps_large
+
+    def state_stages(self, K: int) -> int:
+        return self.state_stages_small if K <= 128 else self.state_stages_large
+
+    def pick_bv(self, V: int, chains: int, sms: int) -> int:
+        """Columns of V per state program for ``chains`` independent (sequence, head) chains."""
+        if self.state_bv is not None:
+            return min(self.state_bv, V)
+        cap = min(V, self.state_bv_max)
+        want = self.programs_per_sm * max(sms, 1)
+        bv = cap
+        while bv > 16 and chains * (V // bv) < want:
+            bv //= 2
+        return bv
+
+
+# archs without wgmma (operands of mma.sync live in registers) and their shared memory
+_AMPERE_LIKE = frozenset({"sm_80", "sm_86", "sm_87", "sm_89", "sm_120", "sm_121"})
+_SMEM_99KB = frozenset({"sm_86", "sm_87", "sm_89", "sm_120", "sm_121"})
+
+
+def config_for(arch: str, K: int, V: int) -> ChunkConfig:
+    """Default configuration for an architecture and head dims.
+
+    Tuned on H100 (sm_90, see docs/performance.md); sm_100 shares it.  Archs without wgmma
+    keep matmul operands in registers, so they take narrower K slices and value blocks and
+    more warps per state program (no register spills in ``python -m gdn_dispatch compile``);
+    the 99 KB shared-memory parts run the state stage single-staged.
+    """
+    if arch in _AMPERE_LIKE:
+        stages = 1 if arch in _SMEM_99KB else 2
+        return ChunkConfig(state_bv_max=16 if K > 128 else 32, gram_bk_max=64,
+                           state_warps_split=2048, state_stages_small=stages,
+                           state_stages_large=1)
+    return ChunkConfig(state_bv_max=16 if K > 128 else 64)
+
+
+_TABLE_CACHE: dict[int, tuple] = {}
+
+
+def varlen_tables(cu_seqlens: torch.Tensor, device: torch.device, total_tokens: int,
+                  chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cu_seqlens as int32 on device, chunk_table)``, memoised for the same live tensor.
+
+    Engines pass one ``cu_seqlens`` to every layer of a forward pass.  The entry is keyed by
+    the tensor object (held weakly), its storage pointer and version counter, so an in-place
+    change, a new tensor or a freed one misses.  Not cached during CUDA-graph capture.
+    """
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    key = id(cu_seqlens)
+    stamp = (cu_seqlens.data_ptr(), cu_seqlens._version, cu_seqlens.numel(), total_tokens,
+             chunk, device)
+    hit = None if capturing else _TABLE_CACHE.get(key)
+    if hit is not None and hit[0]() is cu_seqlens and hit[1] == stamp:
+        return hit[2], hit[3]
+    cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
+    table = chunk_table(cu, total_tokens, chunk)
+    if not capturing:
+        if len(_TABLE_CACHE) >= 8:
+            _TABLE_CACHE.clear()
+        _TABLE_CACHE[key] = (weakref.ref(cu_seqlens), stamp, cu, table)
+    return cu, table
+
+
+def chunk_table(cu_seqlens: torch.Tensor, total_tokens: int, chunk: int) -> torch.Tensor:
+    """``[T // chunk + N, 2]`` int32 rows ``(first token, end token)`` of every chunk.
+
+    Computed on the device of ``cu_seqlens`` without host synchronisation; slots past the
+    last chunk are ``(0, 0)`` (their programs store nothing).
+    """
+    cu = cu_seqlens.to(torch.int64)
+    n = cu.numel() - 1
+    slots = total_tokens // chunk + n
+    lens = cu[1:] - cu[:-1]
+    n_chunks = (lens + chunk - 1) // chunk
+    ends = torch.cumsum(n_chunks, 0)
+    starts = ends - n_chunks
+    slot = torch.arange(slots, device=cu.device, dtype=torch.int64)
+    seq = torch.searchsorted(ends, slot, right=True)
+    valid = seq < n
+    seq = seq.clamp(max=max(n - 1, 0))
+    first = cu[seq] + (slot - starts[seq]) * chunk
+    end = torch.minimum(first + chunk, cu[seq + 1])
+    zero = torch.zeros_like(first)
+    return torch.stack([torch.where(valid, first, zero), torch.where(valid, end, zero)],
+                       1).to(torch.int32).contiguous()
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def run_chunk_pipeline(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+    beta: torch.Tensor | None, scale: float, initial_state: torch.Tensor | None,
+    output_final_state: bool, l2norm: bool, beta_sigmoid: bool, neg_eigval: bool,
+    state_v_first: bool, cu_seqlens: torch.Tensor | None, gate_in_kernel: bool,
+    A_log: torch.Tensor | None, dt_bias: torch.Tensor | None, *,
+    inter_dtype: torch.dtype, config: ChunkConfig, num_sms: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the two-kernel chunked pipeline; arguments as ``chunk_gated_delta_rule``.
+
+    ``inter_dtype``: dtype of ``Inv``/``PInv`` and of the matmul operands (from the dtype
+    policy).  Returns ``(o, final_state or None)``.
+    """
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    C = config.chunk
+    BT = B * T
+    dev = q.device
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    varlen = cu_seqlens is not None
+    if varlen:
+        cu, table = varlen_tables(cu_seqlens, dev, BT, C)
+        N = cu.numel() - 1
+        n_slots = table.shape[0]
+    else:
+        cu = None
+        N = B
+        table = None
+        n_slots = B * triton_cdiv(T, C)
+    if g is not None:
+        g = g.contiguous()
+    if beta is not None:
+        beta = beta.contiguous()
+
+    inv = torch.empty(HV, BT, C, device=dev, dtype=inter_dtype)
+    pinv = torch.empty(HV, BT, C, device=dev, dtype=inter_dtype)
+    planes = torch.empty(NUM_PLANES, HV, BT, device=dev, dtype=torch.float32)
+    half = inter_dtype != torch.float32
+    dot_prec = "tf32" if half else config.fp32_precision
+    dummy = planes
+    if n_slots > 0:
+        tab = table if table is not None else dummy
+        chunk_gate_kkt_solve_kernel[(n_slots * HV,)](
+            k, g if g is not None else dummy, beta if beta is not None else dummy,
+            A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
+            tab, inv, planes, T, BT,
+            H=H, G=HV // H, K=K, CHUNK=C, BK=config.gram_bk(K), IS_VARLEN=varlen,
+            HAS_G=g is not None,
+            HAS_BETA=beta is not None, GATE_IN_KERNEL=gate_in_kernel,
+            HAS_DT_BIAS=dt_bias is not None, BETA_SIGMOID=beta_sigmoid,
+            NEG_EIGVAL=neg_eigval and beta_sigmoid, L2NORM=l2norm, DOT_PRECISION=dot_prec,
+            SOLVE_PRECISION=config.solve_precision if half else config.fp32_precision,
+            num_warps=config.intra_warps(K), num_stages=config.intra_stages)
+        chunk_output_operator_kernel[(n_slots * HV,)](
+            q, k, inv, tab, pinv, planes, T, BT, scale,
+            H=H, G=HV // H, K=K, CHUNK=C, BK=config.gram_bk(K), IS_VARLEN=varlen, L2NORM=l2norm,
+            DOT_PRECISION=dot_prec, num_warps=config.operator_warps(K), num_stages=1)
+
+    o = torch.empty(B, T, HV, V, device=dev, dtype=v.dtype)
+    final = None
+    if output_final_state:
+        sdt = initial_state.dtype if initial_state is not None else torch.float32
+        shape = (N, HV, V, K) if state_v_first else (N, HV, K, V)
+        final = torch.empty(shape, device=dev, dtype=sdt)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    sms = num_sms if num_sms is not None else _num_sms(dev)
+    BV = config.pick_bv(V, N * HV, sms)
+    kernel = chunk_state_output_vt_kernel if config.state_transposed else chunk_state_output_kernel
+    kernel[((V // BV) * N * HV,)](
+        q, k, v, inv, pinv, planes, h0 if h0 is not None else dummy,
+        final if final is not None else dummy, o, cu if cu is not None else dummy, T, BT,
+        H=H, HV=HV, K=K, V=V, BV=BV, CHUNK=C, IS_VARLEN=varlen, HAS_H0=h0 is not None,
+        STORE_HT=final is not None, STATE_V_FIRST=state_v_first, DOT_PRECISION=dot_prec,
+        num_warps=config.state_warps(K, BV), num_stages=config.state_stages(K))
+    return o, final
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
