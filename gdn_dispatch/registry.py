@@ -65,6 +65,11 @@ class CallMeta:
     HV: int | None = None
     flags: frozenset[str] = frozenset()
     tokens: int | None = None  # total tokens (B*T), where meaningful
+    # Per-decision scratch space for the backend: the dispatcher creates one CallMeta per
+    # distinct call metadata (shapes, strides, dtypes, devices, flags) and reuses it for every
+    # repeated call, so a backend may keep here what it derives from metadata alone (launch
+    # grids, configs, strides).  Never tensor data or pointers.
+    scratch: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
