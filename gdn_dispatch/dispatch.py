@@ -9,8 +9,9 @@ never during CUDA-graph capture.  Nothing here synchronizes the device.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -73,24 +74,25 @@ def _tensor_params(op: str) -> set[str]:
     return {name for name, p in sig.parameters.items() if "Tensor" in str(p.annotation)}
 
 
-def _key_fn(spec: OpSpec) -> Callable[[Sequence[Any]], tuple]:
+def _key_fn(spec: OpSpec) -> Callable[[Sequence[Any], str | None], tuple]:
     """A key function unrolled for the op's parameters (no per-argument type tests).
 
-    Tensor parameters contribute (shape, strides, dtype, device) or None; the others their
-    value.  A non-tensor passed where a tensor belongs raises AttributeError, which ``run``
-    answers by validating without the cache (validation then names the argument)."""
+    ``key(args, forced)`` is ``(op name, forced backend, one entry per argument)``: tensor
+    parameters contribute (shape, strides, dtype, device) or None, the others their value.
+    A non-tensor passed where a tensor belongs raises AttributeError, which ``run`` answers
+    by validating without the cache (validation then names the argument)."""
     fn = _KEY_FNS.get(spec.name)
     if fn is None:
         tensors = _tensor_params(spec.name)
         names = [f"x{i}" for i in range(len(spec.params))]
-        parts = []
+        parts = [repr(spec.name), "forced"]
         for name, param in zip(names, spec.params):
             if param in tensors:
                 parts.append(f"None if {name} is None else "
                              f"({name}.shape, {name}.stride(), {name}.dtype, {name}.device)")
             else:
                 parts.append(name)
-        src = (f"def key(a):\n    {', '.join(names)}, = a\n"
+        src = (f"def key(a, forced):\n    {', '.join(names)}, = a\n"
                f"    return ({', '.join(parts)},)\n")
         scope: dict[str, Any] = {}
         exec(compile(src, f"<gdn key {spec.name}>", "exec"), scope)  # noqa: S102
@@ -125,26 +127,31 @@ def _decide(spec: OpSpec, args: Sequence[Any], forced: str | None,
 def run(spec: OpSpec, args: tuple) -> Any:
     """Validate (cached), select (cached), value-check (CPU or opt-in) and run one call."""
     forced, source = registry.forced_backend_name(spec.name)
+    key_fn = _KEY_FNS.get(spec.name) or _key_fn(spec)
     try:
-        key = (spec.name, forced, _key_fn(spec)(args))
+        key = key_fn(args, forced)
         hit = _DECISIONS.get(key)
-        if simulated_probe() is not None:
-            key, hit = None, None
     except (TypeError, AttributeError):  # unhashable or misplaced argument: no caching
-        key, hit = None, None
-    if hit is None:
+        key = hit = None
+    if hit is None or simulated_probe() is not None:
+        if simulated_probe() is not None:
+            key = None  # decisions under a simulated device are never cached
         hit = _decide(spec, args, forced, source)
         if key is not None:
             if len(_DECISIONS) >= _MAX_CACHE:
                 _DECISIONS.clear()
             _DECISIONS[key] = hit
     impl, meta = hit
-    if spec.values is not None:
-        dev = args[spec.device_arg]
-        if any(args[i] is not None for i in spec.value_args) and _should_check_values(dev):
-            spec.values(args)
-    if spec.scale_arg is not None and args[spec.scale_arg] is None:
-        args = args[:spec.scale_arg] + (meta.K ** -0.5,) + args[spec.scale_arg + 1:]
+    values = spec.values
+    if values is not None:
+        for i in spec.value_args:
+            if args[i] is not None:
+                if _should_check_values(args[spec.device_arg]):
+                    values(args)
+                break
+    scale_arg = spec.scale_arg
+    if scale_arg is not None and args[scale_arg] is None:
+        args = (*args[:scale_arg], meta.K ** -0.5, *args[scale_arg + 1:])
     return impl(*args, meta=meta)
 
 

@@ -1,5 +1,9 @@
 """Launcher of the chunked gated delta rule pipeline (three kernels), driven by a config object.
 
+A call's metadata fixes everything but the pointers, so ``plan_chunk_pipeline`` builds a
+``ChunkPlan`` (allocation shapes, one ``LaunchPlan`` per kernel) that the backend keeps in
+``CallMeta.scratch``; a repeated call allocates its buffers and makes three planned launches.
+
 1. ``chunk_gate_kkt_solve`` (parallel over chunks x value heads): gates and their in-chunk
    cumulative sum, ``K K^T`` and ``(I + A)^-1``, per-token factors.
 2. ``chunk_output_operator`` (same grid): ``P (I + A)^-1`` (decay-masked ``q k^T`` times the
@@ -22,8 +26,10 @@ import torch
 from .chunk_gate_kkt_solve import NUM_PLANES, chunk_gate_kkt_solve_kernel
 from .chunk_output_operator import chunk_output_operator_kernel
 from .chunk_state_output import chunk_state_output_kernel, chunk_state_output_vt_kernel
+from .launch import CachedLauncher, LaunchPlan, fast_empty
 
-__all__ = ["ChunkConfig", "config_for", "chunk_table", "varlen_tables", "run_chunk_pipeline"]
+__all__ = ["ChunkConfig", "ChunkPlan", "config_for", "chunk_table", "varlen_tables",
+           "plan_chunk_pipeline", "run_chunk_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,132 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
+_KKT = CachedLauncher(chunk_gate_kkt_solve_kernel,
+                      n_runtime=chunk_gate_kkt_solve_kernel.arg_names.index("H"))
+_OPERATOR = CachedLauncher(chunk_output_operator_kernel,
+                           n_runtime=chunk_output_operator_kernel.arg_names.index("H"))
+_STATE = CachedLauncher(chunk_state_output_kernel,
+                        n_runtime=chunk_state_output_kernel.arg_names.index("H"))
+_STATE_VT = CachedLauncher(chunk_state_output_vt_kernel,
+                           n_runtime=chunk_state_output_vt_kernel.arg_names.index("H"))
+
+
+@dataclass
+class ChunkPlan:
+    """What one call metadata fixes of the pipeline: allocations and the three launches."""
+
+    copy_q: bool
+    copy_k: bool
+    copy_v: bool
+    copy_g: bool
+    copy_beta: bool
+    copy_h0: bool
+    inter_shape: tuple[int, ...]
+    inter_strides: tuple[int, ...]
+    planes_shape: tuple[int, ...]
+    planes_strides: tuple[int, ...]
+    inter_dtype: torch.dtype
+    o_shape: tuple[int, ...]
+    o_dtype: torch.dtype
+    o_strides: tuple[int, ...]
+    final_strides: tuple[int, ...] | None
+    alloc: object         # launch.fast_empty(device): (shape, strides, dtype) -> tensor, or None
+    o_like_v: bool        # o may be torch.empty_like(v) (cheapest allocation)
+    final_like_h0: bool   # the final state may be torch.empty_like(initial_state)
+    final_shape: tuple[int, ...] | None
+    final_dtype: torch.dtype | None
+    device: torch.device
+    chunk: int
+    kkt: LaunchPlan | None
+    operator: LaunchPlan | None
+    state: LaunchPlan
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _needs_copy(t: torch.Tensor | None) -> bool:
+    return t is not None and not t.is_contiguous()
+
+
+def plan_chunk_pipeline(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+    beta: torch.Tensor | None, scale: float, initial_state: torch.Tensor | None,
+    output_final_state: bool, l2norm: bool, beta_sigmoid: bool, neg_eigval: bool,
+    state_v_first: bool, cu_seqlens: torch.Tensor | None, gate_in_kernel: bool,
+    A_log: torch.Tensor | None, dt_bias: torch.Tensor | None, *,
+    inter_dtype: torch.dtype, config: ChunkConfig, num_sms: int | None = None,
+) -> ChunkPlan:
+    """Plan the pipeline for this call's metadata (reads shapes, strides and dtypes only)."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    C = config.chunk
+    BT = B * T
+    dev = q.device
+    varlen = cu_seqlens is not None
+    if varlen:
+        N = cu_seqlens.shape[0] - 1
+        n_slots = BT // C + N
+    else:
+        N = B
+        n_slots = B * triton_cdiv(T, C)
+    half = inter_dtype != torch.float32
+    dot_prec = "tf32" if half else config.fp32_precision
+    device = q.get_device()
+    device = device if device >= 0 else 0
+    kkt = operator = None
+    if n_slots > 0:
+        kkt = LaunchPlan(
+            _KKT, (n_slots * HV,), (T, BT), _KKT.constexpr_tuple(dict(
+                H=H, G=HV // H, K=K, CHUNK=C, BK=config.gram_bk(K), IS_VARLEN=varlen,
+                HAS_G=g is not None, HAS_BETA=beta is not None, GATE_IN_KERNEL=gate_in_kernel,
+                HAS_DT_BIAS=dt_bias is not None, BETA_SIGMOID=beta_sigmoid,
+                NEG_EIGVAL=neg_eigval and beta_sigmoid, L2NORM=l2norm, DOT_PRECISION=dot_prec,
+                SOLVE_PRECISION=config.solve_precision if half else config.fp32_precision)),
+            config.intra_warps(K), config.intra_stages, device=device)
+        operator = LaunchPlan(
+            _OPERATOR, (n_slots * HV,), (T, BT, scale), _OPERATOR.constexpr_tuple(dict(
+                H=H, G=HV // H, K=K, CHUNK=C, BK=config.gram_bk(K), IS_VARLEN=varlen,
+                L2NORM=l2norm, DOT_PRECISION=dot_prec)),
+            config.operator_warps(K), 1, device=device)
+    final_shape = final_dtype = None
+    if output_final_state:
+        final_dtype = initial_state.dtype if initial_state is not None else torch.float32
+        final_shape = (N, HV, V, K) if state_v_first else (N, HV, K, V)
+    sms = num_sms if num_sms is not None else _num_sms(dev)
+    BV = config.pick_bv(V, N * HV, sms)
+    launcher = _STATE_VT if config.state_transposed else _STATE
+    state = LaunchPlan(
+        launcher, ((V // BV) * N * HV,), (T, BT), launcher.constexpr_tuple(dict(
+            H=H, HV=HV, K=K, V=V, BV=BV, CHUNK=C, IS_VARLEN=varlen,
+            HAS_H0=initial_state is not None, STORE_HT=output_final_state,
+            STATE_V_FIRST=state_v_first, DOT_PRECISION=dot_prec)),
+        config.state_warps(K, BV), config.state_stages(K), device=device)
+    return ChunkPlan(
+        copy_q=_needs_copy(q), copy_k=_needs_copy(k), copy_v=_needs_copy(v),
+        copy_g=_needs_copy(g), copy_beta=_needs_copy(beta), copy_h0=_needs_copy(initial_state),
+        inter_shape=(HV, BT, C), inter_strides=(BT * C, C, 1),
+        planes_shape=(NUM_PLANES, HV, BT), planes_strides=(HV * BT, BT, 1),
+        inter_dtype=inter_dtype,
+        o_shape=(B, T, HV, V), o_dtype=v.dtype, o_like_v=v.is_contiguous(),
+        o_strides=_contiguous_strides((B, T, HV, V)),
+        final_strides=_contiguous_strides(final_shape) if final_shape is not None else None,
+        alloc=fast_empty(dev),
+        final_like_h0=(final_shape is not None and initial_state is not None
+                       and initial_state.is_contiguous()
+                       and tuple(initial_state.shape) == final_shape),
+        final_shape=final_shape,
+        final_dtype=final_dtype, device=dev, chunk=C, kkt=kkt, operator=operator, state=state)
+
+
+_PLAN_KEY = "chunk_pipeline"
+
+
 def run_chunk_pipeline(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
     beta: torch.Tensor | None, scale: float, initial_state: torch.Tensor | None,
@@ -170,73 +302,71 @@ def run_chunk_pipeline(
     state_v_first: bool, cu_seqlens: torch.Tensor | None, gate_in_kernel: bool,
     A_log: torch.Tensor | None, dt_bias: torch.Tensor | None, *,
     inter_dtype: torch.dtype, config: ChunkConfig, num_sms: int | None = None,
+    plan_cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the two-kernel chunked pipeline; arguments as ``chunk_gated_delta_rule``.
+    """Run the three-kernel chunked pipeline; arguments as ``chunk_gated_delta_rule``.
 
     ``inter_dtype``: dtype of ``Inv``/``PInv`` and of the matmul operands (from the dtype
-    policy).  Returns ``(o, final_state or None)``.
+    policy).  ``plan_cache``: a dict that lives as long as this call metadata (a backend
+    passes ``meta.scratch``); the plan is kept there and reused.  Returns
+    ``(o, final_state or None)``.
     """
-    B, T, H, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
-    C = config.chunk
-    BT = B * T
-    dev = q.device
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    varlen = cu_seqlens is not None
-    if varlen:
-        cu, table = varlen_tables(cu_seqlens, dev, BT, C)
-        N = cu.numel() - 1
-        n_slots = table.shape[0]
-    else:
-        cu = None
-        N = B
-        table = None
-        n_slots = B * triton_cdiv(T, C)
-    if g is not None:
+    plan = plan_cache.get(_PLAN_KEY) if plan_cache is not None else None
+    if plan is None:
+        plan = plan_chunk_pipeline(
+            q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, beta_sigmoid,
+            neg_eigval, state_v_first, cu_seqlens, gate_in_kernel, A_log, dt_bias,
+            inter_dtype=inter_dtype, config=config, num_sms=num_sms)
+        if plan_cache is not None:
+            plan_cache[_PLAN_KEY] = plan
+    if plan.copy_q:
+        q = q.contiguous()
+    if plan.copy_k:
+        k = k.contiguous()
+    if plan.copy_v:
+        v = v.contiguous()
+    if plan.copy_g:
         g = g.contiguous()
-    if beta is not None:
+    if plan.copy_beta:
         beta = beta.contiguous()
-
-    inv = torch.empty(HV, BT, C, device=dev, dtype=inter_dtype)
-    pinv = torch.empty(HV, BT, C, device=dev, dtype=inter_dtype)
-    planes = torch.empty(NUM_PLANES, HV, BT, device=dev, dtype=torch.float32)
-    half = inter_dtype != torch.float32
-    dot_prec = "tf32" if half else config.fp32_precision
-    dummy = planes
-    if n_slots > 0:
+    if plan.copy_h0:
+        initial_state = initial_state.contiguous()
+    dev = plan.device
+    if cu_seqlens is not None:
+        cu, table = varlen_tables(cu_seqlens, dev, plan.inter_shape[1], plan.chunk)
+    else:
+        cu = table = None
+    alloc = plan.alloc
+    if alloc is not None:
+        inv = alloc(plan.inter_shape, plan.inter_strides, plan.inter_dtype)
+        pinv = alloc(plan.inter_shape, plan.inter_strides, plan.inter_dtype)
+        planes = alloc(plan.planes_shape, plan.planes_strides, torch.float32)
+    else:
+        inv = torch.empty(plan.inter_shape, device=dev, dtype=plan.inter_dtype)
+        pinv = torch.empty_like(inv)
+        planes = torch.empty(plan.planes_shape, device=dev, dtype=torch.float32)
+    dummy = planes  # absent pointers
+    if plan.kkt is not None:
         tab = table if table is not None else dummy
-        chunk_gate_kkt_solve_kernel[(n_slots * HV,)](
-            k, g if g is not None else dummy, beta if beta is not None else dummy,
-            A_log if A_log is not None else dummy, dt_bias if dt_bias is not None else dummy,
-            tab, inv, planes, T, BT,
-            H=H, G=HV // H, K=K, CHUNK=C, BK=config.gram_bk(K), IS_VARLEN=varlen,
-            HAS_G=g is not None,
-            HAS_BETA=beta is not None, GATE_IN_KERNEL=gate_in_kernel,
-            HAS_DT_BIAS=dt_bias is not None, BETA_SIGMOID=beta_sigmoid,
-            NEG_EIGVAL=neg_eigval and beta_sigmoid, L2NORM=l2norm, DOT_PRECISION=dot_prec,
-            SOLVE_PRECISION=config.solve_precision if half else config.fp32_precision,
-            num_warps=config.intra_warps(K), num_stages=config.intra_stages)
-        chunk_output_operator_kernel[(n_slots * HV,)](
-            q, k, inv, tab, pinv, planes, T, BT, scale,
-            H=H, G=HV // H, K=K, CHUNK=C, BK=config.gram_bk(K), IS_VARLEN=varlen, L2NORM=l2norm,
-            DOT_PRECISION=dot_prec, num_warps=config.operator_warps(K), num_stages=1)
-
-    o = torch.empty(B, T, HV, V, device=dev, dtype=v.dtype)
+        plan.kkt.launch(k, g if g is not None else dummy, beta if beta is not None else dummy,
+                        A_log if A_log is not None else dummy,
+                        dt_bias if dt_bias is not None else dummy, tab, inv, planes)
+        plan.operator.launch(q, k, inv, tab, pinv, planes)
     final = None
-    if output_final_state:
-        sdt = initial_state.dtype if initial_state is not None else torch.float32
-        shape = (N, HV, V, K) if state_v_first else (N, HV, K, V)
-        final = torch.empty(shape, device=dev, dtype=sdt)
-    h0 = initial_state.contiguous() if initial_state is not None else None
-    sms = num_sms if num_sms is not None else _num_sms(dev)
-    BV = config.pick_bv(V, N * HV, sms)
-    kernel = chunk_state_output_vt_kernel if config.state_transposed else chunk_state_output_kernel
-    kernel[((V // BV) * N * HV,)](
-        q, k, v, inv, pinv, planes, h0 if h0 is not None else dummy,
-        final if final is not None else dummy, o, cu if cu is not None else dummy, T, BT,
-        H=H, HV=HV, K=K, V=V, BV=BV, CHUNK=C, IS_VARLEN=varlen, HAS_H0=h0 is not None,
-        STORE_HT=final is not None, STATE_V_FIRST=state_v_first, DOT_PRECISION=dot_prec,
-        num_warps=config.state_warps(K, BV), num_stages=config.state_stages(K))
+    if alloc is not None:
+        o = alloc(plan.o_shape, plan.o_strides, plan.o_dtype)
+        if plan.final_shape is not None:
+            final = alloc(plan.final_shape, plan.final_strides, plan.final_dtype)
+    else:
+        o = (torch.empty_like(v) if plan.o_like_v
+             else torch.empty(plan.o_shape, device=dev, dtype=plan.o_dtype))
+        if plan.final_like_h0:
+            final = torch.empty_like(initial_state)
+        elif plan.final_shape is not None:
+            final = torch.empty(plan.final_shape, device=dev, dtype=plan.final_dtype)
+    plan.state.launch(q, k, v, inv, pinv, planes,
+                      initial_state if initial_state is not None else dummy,
+                      final if final is not None else dummy, o, cu if cu is not None else dummy)
     return o, final
 
 

@@ -30,12 +30,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import CachedLauncher
+from .launch import CachedLauncher, LaunchPlan
 
 __all__ = [
     "RecurrentConfig", "GATE_NONE", "GATE_LOG", "GATE_RAW", "BETA_ONE", "BETA_GIVEN",
     "BETA_SIGMOID", "IDX_NONE", "IDX_POOL", "IDX_SPEC", "DST_NONE", "DST_NEW", "DST_INPLACE",
     "DST_SPEC_INPLACE", "DST_PER_TOKEN", "gated_delta_recurrent_kernel", "launch_recurrent",
+    "plan_recurrent",
     "aot_specs",
 ]
 
@@ -264,7 +265,7 @@ _LAUNCHER = CachedLauncher(gated_delta_recurrent_kernel,
                            n_runtime=gated_delta_recurrent_kernel.arg_names.index("H"))
 
 
-def launch_recurrent(
+def plan_recurrent(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, *,
     config: RecurrentConfig, N: int, T: int, H: int, HV: int, K: int, V: int, scale: float,
     q_strides: tuple[int, int, int], k_strides: tuple[int, int, int],
@@ -279,16 +280,16 @@ def launch_recurrent(
     h_src: torch.Tensor | None = None, h_dst: torch.Tensor | None = None,
     idx: torch.Tensor | None = None, idx_mode: int = IDX_NONE,
     num_accepted: torch.Tensor | None = None, dst_mode: int = DST_NONE,
-) -> None:
-    """Launch ``gated_delta_recurrent_kernel`` (no allocation, no host sync).
+) -> LaunchPlan | None:
+    """A reusable launch of ``gated_delta_recurrent_kernel`` (None when there is no work).
 
-    ``q_strides`` etc. are (batch, token, head) strides in elements; ``k_off``/``v_off`` are
-    element offsets of k and v from their base pointers (packed projections pass one tensor
-    three times).  ``g``/``beta`` may be ``[B, T, HV]`` or ``[B*T, HV]``.  ``h_src`` is the
-    initial state or pool (rows along dim 0), ``h_dst`` where states go (see DST_*).
+    Arguments as ``launch_recurrent``; the tensors are read for metadata only (shapes,
+    strides, which are None).  Launch with ``plan.launch(q, k, v, g, beta, A_log, dt_bias,
+    o, h_src, h_dst, cu_seqlens, idx, num_accepted)`` -- tensors with the same metadata and
+    None in the same places (A_log/dt_bias None unless ``gate_mode == GATE_RAW``).
     """
     if N == 0:
-        return
+        return None
     BK = _pow2(K)
     BV = min(config.BV, _pow2(V))
     items = N * HV * ((V + BV - 1) // BV)
@@ -322,10 +323,10 @@ def launch_recurrent(
         slots, s_src = h_src.shape[0], h_src.stride(0)
     else:
         slots, s_src = N, 0
-    _LAUNCHER.launch(
-        (items // tiles,),
-        (q, k, v, g, beta, A_log, dt_bias, o, h_src, h_dst, cu_seqlens, idx, num_accepted,
-         scale, softplus_beta, softplus_threshold, T, slots, idx_cols, k_off, v_off,
+    device = q.get_device()
+    return LaunchPlan(
+        _LAUNCHER, (items // tiles,),
+        (scale, softplus_beta, softplus_threshold, T, slots, idx_cols, k_off, v_off,
          q_strides[0], q_strides[1], q_strides[2], k_strides[0], k_strides[1], k_strides[2],
          v_strides[0], v_strides[1], v_strides[2], s_gb, s_gt, s_bb, s_bt,
          o_strides[0], o_strides[1], o_strides[2], s_src,
@@ -333,7 +334,46 @@ def launch_recurrent(
         (H, HV, K, V, BK, BV, tiles, state_v_first, l2norm, gate_mode, dt_bias is not None,
          beta_mode, neg_eigval, cu_seqlens is not None, idx_mode, num_accepted is not None,
          h_src is not None, dst_mode),
-        config.num_warps, config.num_stages, config.options)
+        config.num_warps, config.num_stages, config.options, device if device >= 0 else 0)
+
+
+def launch_recurrent(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, *,
+    config: RecurrentConfig, N: int, T: int, H: int, HV: int, K: int, V: int, scale: float,
+    q_strides: tuple[int, int, int], k_strides: tuple[int, int, int],
+    v_strides: tuple[int, int, int], o_strides: tuple[int, int, int],
+    k_off: int = 0, v_off: int = 0,
+    g: torch.Tensor | None = None, gate_mode: int = GATE_NONE,
+    A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+    softplus_beta: float = 1.0, softplus_threshold: float = 20.0,
+    beta: torch.Tensor | None = None, beta_mode: int = BETA_ONE, neg_eigval: bool = False,
+    l2norm: bool = False, state_v_first: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    h_src: torch.Tensor | None = None, h_dst: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None, idx_mode: int = IDX_NONE,
+    num_accepted: torch.Tensor | None = None, dst_mode: int = DST_NONE,
+) -> None:
+    """Launch ``gated_delta_recurrent_kernel`` (no allocation, no host sync).
+
+    ``q_strides`` etc. are (batch, token, head) strides in elements; ``k_off``/``v_off`` are
+    element offsets of k and v from their base pointers (packed projections pass one tensor
+    three times).  ``g``/``beta`` may be ``[B, T, HV]`` or ``[B*T, HV]``.  ``h_src`` is the
+    initial state or pool (rows along dim 0), ``h_dst`` where states go (see DST_*).
+    Callers that repeat a launch keep a ``plan_recurrent`` instead (cheaper per call).
+    """
+    plan = plan_recurrent(
+        q, k, v, o, config=config, N=N, T=T, H=H, HV=HV, K=K, V=V, scale=scale,
+        q_strides=q_strides, k_strides=k_strides, v_strides=v_strides, o_strides=o_strides,
+        k_off=k_off, v_off=v_off, g=g, gate_mode=gate_mode, A_log=A_log, dt_bias=dt_bias,
+        softplus_beta=softplus_beta, softplus_threshold=softplus_threshold, beta=beta,
+        beta_mode=beta_mode, neg_eigval=neg_eigval, l2norm=l2norm, state_v_first=state_v_first,
+        cu_seqlens=cu_seqlens, h_src=h_src, h_dst=h_dst, idx=idx, idx_mode=idx_mode,
+        num_accepted=num_accepted, dst_mode=dst_mode)
+    if plan is None:
+        return
+    _LAUNCHER.launch(plan.grid, (q, k, v, g, beta, A_log, dt_bias, o, h_src, h_dst, cu_seqlens,
+                                 idx, num_accepted, *plan.scalars),
+                     plan.constexprs, plan.num_warps, plan.num_stages, plan.options)
 
 
 def _pow2(n: int) -> int:
