@@ -13,8 +13,9 @@ import dataclasses
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -70,11 +71,11 @@ class DeviceProbe:
     triton_version: str | None = None
     triton_target: str | None = None
     interpreter: bool = False
-    simulated: bool = False
+    is_simulated: bool = False  # built from a description, not read off hardware
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def from_description(cls, description: dict[str, Any]) -> "DeviceProbe":
+    def from_description(cls, description: dict[str, Any]) -> DeviceProbe:
         """Build a probe from a plain dict; unknown keys raise, missing keys take defaults.
 
         If ``triton_available`` is not given it is assumed present, and ``triton_target``
@@ -92,11 +93,11 @@ class DeviceProbe:
         if vendor != "cpu":
             d.setdefault("triton_available", True)
             d.setdefault("triton_target", "cuda" if vendor == "nvidia" else "hip")
-        d.setdefault("simulated", True)
+        d.setdefault("is_simulated", True)
         return cls(**d)
 
     @classmethod
-    def simulated(cls, name: str, **overrides: Any) -> "DeviceProbe":
+    def simulated(cls, name: str, **overrides: Any) -> DeviceProbe:
         """A probe for a well-known device: see ``KNOWN_DEVICES`` for the names."""
         key = name.lower()
         if key not in KNOWN_DEVICES:
@@ -153,7 +154,7 @@ def _probe_cpu() -> DeviceProbe:
     return DeviceProbe(vendor="cpu", arch="cpu", name="CPU", device_type="cpu", bf16=True,
                        warp_size=1, multiprocessors=os.cpu_count() or 1,
                        triton_available=ok, triton_version=ver, triton_target=None,
-                       interpreter=ok and interpreter_enabled(), simulated=False)
+                       interpreter=ok and interpreter_enabled())
 
 
 def _probe_gpu(index: int) -> DeviceProbe:
@@ -179,7 +180,7 @@ def _probe_gpu(index: int) -> DeviceProbe:
                        multiprocessors=int(props.multi_processor_count), warp_size=warp,
                        l2_bytes=l2, triton_available=ok, triton_version=ver,
                        triton_target=target if ok else None,
-                       interpreter=ok and interpreter_enabled(), simulated=False)
+                       interpreter=ok and interpreter_enabled())
 
 
 def probe_device(device: torch.device | str | None = None) -> DeviceProbe:
@@ -201,7 +202,7 @@ def probe_device(device: torch.device | str | None = None) -> DeviceProbe:
                 probe = _probe_cpu()
             else:
                 probe = DeviceProbe(vendor=dev.type, arch=dev.type, name=dev.type,
-                                    device_type=dev.type, simulated=False)
+                                    device_type=dev.type)
             _CACHE[dev] = probe
         if device is not None:
             _CACHE[device] = probe

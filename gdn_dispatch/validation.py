@@ -10,7 +10,8 @@ indices within the pool); the dispatcher runs those only for CPU tensors or with
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from gdn_dispatch.registry import Backend, OpSupport, OPS
+from gdn_dispatch.registry import OPS, Backend, OpSupport
 
 _ANY_FLOAT = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 

@@ -141,7 +141,7 @@ def fake_gpu(fake_backend):
 def test_simulated_device_selection(fake_gpu, device, expected):
     exp = _explain(device)
     assert exp.chosen == expected, str(exp)
-    assert exp.meta.probe.simulated
+    assert exp.meta.probe.is_simulated
     if expected == "reference":
         assert exp.reasons["fake_gpu"], "a passed-over backend must say why"
     else:
