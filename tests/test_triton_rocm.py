@@ -1,0 +1,282 @@
+"""Triton-ROCm backend on a GPU (forced with ``use_backend('triton_rocm')``; on NVIDIA the
+HIP-only options are dropped) against the float64 recurrence and the reference backend, plus
+the ahead-of-time compile check of its kernels for gfx942 / gfx950 (no GPU needed).
+
+The prefill cases (``CHUNK_CASES`` / ``run_chunk_case``) are shared with the interpreter tests
+in ``test_triton_rocm_interpreter.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from oracle import TOL, gating64, make_inputs, poison_, recurrence64, rel_err
+
+import gdn_dispatch as gdn
+
+# name -> (B, T, H, HV, K, V, options)
+CHUNK_CASES: dict[str, tuple] = {
+    "plain": (2, 80, 1, 2, 32, 32, {}),
+    "state_h0": (1, 130, 2, 4, 32, 16, {"h0": True}),
+    "no_gate_no_beta": (1, 70, 1, 1, 16, 16, {"g": None, "beta": None, "h0": True}),
+    "odd_dims": (1, 67, 1, 2, 24, 20, {"h0": True, "scale": 0.3}),
+    "all_gating_flags": (1, 90, 1, 2, 32, 32, {"l2norm": True, "gate_in_kernel": True,
+                                                "beta_sigmoid": True, "neg_eigval": True,
+                                                "h0": True}),
+    "varlen": (1, 150, 1, 2, 32, 32, {"cu": [0, 5, 5, 70, 150], "h0": True}),
+    "varlen_l2norm": (1, 100, 2, 2, 16, 32, {"cu": [0, 64, 65, 100], "l2norm": True}),
+    "strided_qkv": (1, 72, 2, 2, 32, 32, {"strided": True, "h0": True}),
+    "fp16_state": (2, 65, 1, 2, 32, 32, {"h0": True, "h0_dtype": torch.float16}),
+}
+
+
+def chunk_inputs(case: str, dtype: torch.dtype, device: str, v_first: bool, seed: int = 0,
+                 scale_T: int = 1):
+    """Inputs of one case and its float64 oracle result."""
+    B, T, H, HV, K, V, opt = CHUNK_CASES[case]
+    T = T * scale_T
+    cu_list = opt.get("cu")
+    if cu_list is not None and scale_T != 1:
+        cu_list = [c * scale_T for c in cu_list]
+    q, k, v, g, beta = make_inputs(B, T, H, HV, K, V, dtype=dtype, device=device, seed=seed,
+                                   normalize_k=not opt.get("l2norm", False))
+    gen = torch.Generator().manual_seed(seed + 1)
+    kw: dict = {"state_v_first": v_first, "output_final_state": True}
+    g_act, beta_act = g, beta
+    if opt.get("gate_in_kernel"):
+        a = torch.randn(B, T, HV, generator=gen)
+        A_log = torch.rand(HV, generator=gen) - 1.0
+        dt_bias = torch.randn(HV, generator=gen) * 0.5
+        g_act = gating64(A_log, a, dt_bias)
+        g = a.to(device=device, dtype=dtype)
+        kw.update(use_gate_in_kernel=True, A_log=A_log.to(device), dt_bias=dt_bias.to(device))
+    if opt.get("beta_sigmoid"):
+        b = torch.randn(B, T, HV, generator=gen)
+        beta = b.to(device=device, dtype=dtype)
+        beta_act = torch.sigmoid(beta.double()) * (2.0 if opt.get("neg_eigval") else 1.0)
+        kw.update(use_beta_sigmoid_in_kernel=True, allow_neg_eigval=bool(opt.get("neg_eigval")))
+    if "g" in opt and opt["g"] is None:
+        g = g_act = None
+    if "beta" in opt and opt["beta"] is None:
+        beta = beta_act = None
+    if opt.get("l2norm"):
+        kw["use_qk_l2norm_in_kernel"] = True
+    if opt.get("strided"):
+        packed = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], -1)
+        nq, nk = H * K, 2 * H * K
+        q = packed[..., :nq].view(B, T, H, K)
+        k = packed[..., nq:nk].view(B, T, H, K)
+        v = packed[..., nk:].view(B, T, HV, V)
+    cu = None
+    N = B
+    if cu_list is not None:
+        cu = torch.tensor(cu_list, dtype=torch.int32, device=device)
+        kw["cu_seqlens"] = cu
+        N = len(cu_list) - 1
+    h0 = None
+    if opt.get("h0"):
+        shape = (N, HV, V, K) if v_first else (N, HV, K, V)
+        h0 = (torch.randn(*shape, generator=gen) * 0.1).to(device=device,
+                                                           dtype=opt.get("h0_dtype", torch.float32))
+        kw["initial_state"] = h0
+    if "scale" in opt:
+        kw["scale"] = opt["scale"]
+    ref_o, ref_h = recurrence64(q, k, v, g_act, beta_act, scale=opt.get("scale"), h0=h0,
+                                l2norm=bool(opt.get("l2norm")), cu_seqlens=cu,
+                                state_v_first=v_first)
+    return (q, k, v, g, beta), kw, ref_o, ref_h
+
+
+def forced_fusion(device: str, fuse: str):
+    """Context: the prefill config of ``device`` with ``fuse_output`` set to ``fuse``."""
+    import dataclasses
+
+    from gdn_dispatch.backends.triton_rocm.chunk import override_config
+    from gdn_dispatch.backends.triton_rocm.configs import prefill_config
+
+    probe = gdn.probe_device(torch.device(device))
+    return override_config(dataclasses.replace(prefill_config(probe), fuse_output=fuse))
+
+
+def run_chunk_case(case: str, dtype: torch.dtype, device: str, v_first: bool,
+                   scale_T: int = 1, fuse: str = "auto") -> tuple[float, float]:
+    """Run one case on triton_rocm (``fuse``: "auto", "always" or "never" fuse the output
+    into the state scan); returns (output error, final-state error) vs float64."""
+    args, kw, ref_o, ref_h = chunk_inputs(case, dtype, device, v_first, scale_T=scale_T)
+    with gdn.use_backend("triton_rocm"), forced_fusion(device, fuse):
+        o, ht = gdn.chunk_gated_delta_rule(*args, **kw)
+    assert o.dtype == dtype and o.shape == ref_o.shape and o.device.type == device.split(":")[0]
+    assert ht.dtype == (kw["initial_state"].dtype if "initial_state" in kw else torch.float32)
+    return rel_err(o, ref_o), rel_err(ht, ref_h)
+
+
+def check_intermediates_keep_dtype(device: str, dtype: torch.dtype) -> dict:
+    """fp16 (or any) inputs: every stored intermediate takes the policy's dtype, gates fp32,
+    and the captured inverse blocks really invert ``I + A``."""
+    from gdn_dispatch.backends.triton_rocm.chunk import capture_intermediates
+
+    args, kw, ref_o, _ = chunk_inputs("plain", dtype, device, False)
+    with gdn.use_backend("triton_rocm"), capture_intermediates() as box:
+        o, _ = gdn.chunk_gated_delta_rule(*args, **kw)
+    probe = gdn.probe_device(o.device)
+    inter = gdn.policy_for(dtype, probe).intermediate
+    for name in ("A", "Ai", "w", "u", "v_new", "h"):
+        assert box[name].dtype == inter, (name, box[name].dtype, inter)
+    assert box["gc"].dtype == torch.float32 and box["beta"].dtype == torch.float32
+    assert box["variant"] == "opt"
+    A = box["A"].double()[0, 0, :64]
+    Ai = box["Ai"].double()[0, 0, :64]
+    eye = torch.eye(64, dtype=torch.float64, device=A.device)
+    resid = (Ai @ (eye + A) - eye).abs().max().item()
+    assert resid < (5e-2 if inter != torch.float32 else 1e-4), resid
+    assert rel_err(o, ref_o) < TOL[dtype]
+    return box
+
+
+# -- GPU ---------------------------------------------------------------------------------
+_GPU = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not _GPU, reason="needs a CUDA or ROCm GPU")
+_GPU_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+# every case with the split scan (state kernel + output kernel); a few with the fused scan
+_FUSED_CASES = ("state_h0", "odd_dims", "all_gating_flags", "varlen")
+_GPU_CASES = ([pytest.param(c, "never", id=f"{c}-split") for c in CHUNK_CASES]
+              + [pytest.param(c, "always", id=f"{c}-fused") for c in _FUSED_CASES])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("v_first", [False, True], ids=["opt", "opt_vk"])
+@pytest.mark.parametrize("dtype", _GPU_DTYPES, ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("case,fuse", _GPU_CASES)
+def test_chunk_gpu_vs_float64(case, fuse, dtype, v_first):
+    e_o, e_h = run_chunk_case(case, dtype, "cuda", v_first, scale_T=4, fuse=fuse)
+    assert e_o < TOL[dtype], e_o
+    assert e_h < TOL[dtype], e_h
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", _GPU_DTYPES, ids=["bf16", "fp16", "fp32"])
+def test_chunk_gpu_vs_reference(dtype):
+    args, kw, _, _ = chunk_inputs("all_gating_flags", dtype, "cuda", True, scale_T=8)
+    with gdn.use_backend("triton_rocm"):
+        o, ht = gdn.chunk_gated_delta_rule(*args, **kw)
+    with gdn.use_backend("reference"):
+        ro, rh = gdn.chunk_gated_delta_rule(*args, **kw)
+    assert rel_err(o, ro) < TOL[dtype] and rel_err(ht, rh) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_intermediates_follow_dtype_policy(dtype):
+    check_intermediates_keep_dtype("cuda", dtype)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_qwen3_next_shape_long():
+    """Qwen3-Next head sizes (K = V = 128, H = 16, HV = 32) over two long sequences."""
+    T, H, HV, K, V = 2048, 16, 32, 128, 128
+    q, k, v, g, beta = make_inputs(1, T, H, HV, K, V, dtype=torch.bfloat16, device="cuda")
+    q = F.normalize(q.float(), dim=-1).to(torch.bfloat16)
+    cu = torch.tensor([0, 700, T], dtype=torch.int32, device="cuda")
+    h0 = torch.randn(2, HV, V, K, device="cuda") * 0.1
+    with gdn.use_backend("triton_rocm"):
+        o, ht = gdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
+                                           output_final_state=True, state_v_first=True,
+                                           cu_seqlens=cu)
+    with gdn.use_backend("reference"):
+        ro, rh = gdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
+                                            output_final_state=True, state_v_first=True,
+                                            cu_seqlens=cu)
+    assert rel_err(o, ro) < TOL[torch.bfloat16] and rel_err(ht, rh) < TOL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_output_fully_written():
+    """Poisoned buffers from a previous call never leak into a new output."""
+    args, kw, ref_o, _ = chunk_inputs("varlen", torch.float16, "cuda", False)
+    junk = poison_(torch.empty(1 << 22, device="cuda", dtype=torch.float16))
+    del junk
+    with gdn.use_backend("triton_rocm"):
+        o, _ = gdn.chunk_gated_delta_rule(*args, **kw)
+    assert torch.isfinite(o).all() and rel_err(o, ref_o) < TOL[torch.float16]
+
+
+# -- decode side: the shared checks of test_triton_decode, run on triton_rocm --------------
+@pytest.fixture
+def decode_checks(monkeypatch):
+    """``test_triton_decode``'s check functions, pointed at the triton_rocm backend."""
+    import test_triton_decode as checks
+
+    monkeypatch.setattr(checks, "BACKEND", "triton_rocm")
+    return checks
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("v_first", [False, True], ids=["kv", "vk"])
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.bfloat16, torch.float32),
+                                               (torch.float16, torch.float16),
+                                               (torch.float32, torch.float32)],
+                         ids=["bf16-f32", "f16-f16", "f32-f32"])
+def test_decode_recurrent_gpu(decode_checks, dtype, state_dtype, v_first):
+    c = decode_checks
+    c.check_recurrent_plain("cuda", dtype, state_dtype, B=3, T=5, H=2, HV=4, K=128, V=128,
+                            v_first=v_first, gate="raw", beta_mode="sigmoid", l2norm=True)
+    c.check_recurrent_plain("cuda", dtype, state_dtype, B=1, T=14, H=2, HV=4, K=64, V=128,
+                            v_first=v_first, varlen=[4, 0, 8, 2], final="inplace")
+    c.check_recurrent_pool("cuda", dtype, state_dtype, N=9, T=2, H=2, HV=4, K=128, V=128,
+                           v_first=v_first, inplace=True)
+    c.check_recurrent_spec("cuda", dtype, state_dtype, N=5, T=3, H=2, HV=4, K=128, V=128,
+                           v_first=v_first, inplace=False, varlen=True)
+    c.check_sigmoid_update("cuda", dtype, state_dtype, B=6, T=1, H=2, HV=8, K=128, V=128,
+                           v_first=v_first, flat_ab=True, varlen=False)
+    c.check_packed_decode("cuda", dtype, state_dtype, N=33, H=4, HV=8, K=128, V=128,
+                          v_first=v_first)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", _GPU_DTYPES, ids=["bf16", "fp16", "fp32"])
+def test_decode_elementwise_gpu(decode_checks, dtype):
+    c = decode_checks
+    c.check_gating("cuda", dtype, N=1000, HV=32)
+    c.check_split("cuda", dtype, N=37, Hqk=16, Hv=32, Dk=128, Dv=128, layout="interleaved")
+    c.check_split("cuda", dtype, N=5, Hqk=2, Hv=6, Dk=96, Dv=80, layout="contiguous")
+    c.check_l2norm("cuda", dtype, shape=(2, 5, 4, 100), strided=True)
+
+
+# -- AOT compile for AMD targets (CPU only) ----------------------------------------------
+@pytest.mark.compile
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gfx942", "gfx950"])
+def test_aot_compile_for_amd(arch):
+    """Every kernel this backend runs (its prefill kernels, the shared decode kernels with its
+    configs) compiles for the arch, within the LDS limit and without register spills to
+    memory (SGPR spills go to VGPR lanes and are only noted)."""
+    pytest.importorskip("triton")
+    from gdn_dispatch.backends.triton_rocm import kernel_modules
+
+    from gdn_dispatch import aot
+
+    n = 0
+    for mod in kernel_modules():
+        for spec in mod.aot_specs(arch):
+            report = aot.compile_spec(spec, arch, "triton_rocm", mod.__name__)
+            assert report.ok, (report.name, report.problems)
+            assert report.shared <= aot.TARGETS[arch].shared_limit
+            n += 1
+    assert n > 0
+
+
+def test_chunk_size_other_than_64_raises():
+    from gdn_dispatch.backends.triton_rocm.configs import prefill_config
+
+    with pytest.raises(ValueError, match="chunk_size=64 only"):
+        prefill_config("gfx942").with_chunk_size(32)
