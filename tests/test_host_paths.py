@@ -256,11 +256,10 @@ def test_interpreter_chunk_plan_reused(clean_dispatch):
 @pytest.fixture
 def cpu_fast_empty(monkeypatch):
     """Route the plans' fast allocator to PyTorch's CPU twin so the interpreter runs it."""
-    from gdn_dispatch.backends.triton_common import chunk_pipeline
-    from gdn_dispatch.backends.triton_cuda import decode
+    from gdn_dispatch.backends.triton_common import chunk_pipeline, decode_ops
 
     fn = torch._C._dynamo.guards._empty_strided_cpu
-    monkeypatch.setattr(decode, "fast_empty", lambda device: fn)
+    monkeypatch.setattr(decode_ops, "fast_empty", lambda device: fn)
     monkeypatch.setattr(chunk_pipeline, "fast_empty", lambda device: fn)
     return fn
 

@@ -8,6 +8,8 @@ runs the same checks on tiny CPU shapes under ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from oracle import TOL, gating64, make_inputs, poison_, recurrence64, rel_err
@@ -460,7 +462,8 @@ def test_tiles_prefetch(monkeypatch, tiles, BV, warps):
     from gdn_dispatch.backends.triton_cuda import decode
 
     cfg = RecurrentConfig(BV=BV, num_warps=warps, tiles=tiles)
-    monkeypatch.setattr(decode, "recurrent_config", lambda *a, **k: cfg)
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
     for v_first in (False, True):
         for sd in (torch.float32, torch.bfloat16):
             check_recurrent_pool(DEV, torch.bfloat16, sd, N=9, T=1, H=2, HV=4, K=128, V=128,

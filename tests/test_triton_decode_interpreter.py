@@ -7,6 +7,8 @@ Run: ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_decode_interpreter.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from test_triton_decode import (
@@ -136,7 +138,8 @@ def test_tiles_prefetch(monkeypatch, tiles, BV):
     from gdn_dispatch.backends.triton_cuda import decode
 
     cfg = RecurrentConfig(BV=BV, num_warps=2, tiles=tiles)
-    monkeypatch.setattr(decode, "recurrent_config", lambda *a, **k: cfg)
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
     for v_first in (False, True):
         check_recurrent_pool(CPU, F32, F32, N=3, T=2, v_first=v_first, inplace=True, **SMALL)
         check_recurrent_spec(CPU, F32, F32, N=3, T=2, v_first=v_first, inplace=True,
