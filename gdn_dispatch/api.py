@@ -28,6 +28,13 @@ __all__ = [
 PAD_SLOT_ID = -1
 
 
+def _call(spec: OpSpec, args: tuple) -> Any:
+    """Eager: dispatch.run.  While torch.compile traces: the op's torch.library custom op."""
+    if torch.compiler.is_compiling():
+        return custom_ops.compiled_call(spec.name, args)
+    return run(spec, args)
+
+
 def _spec(name: str, params: str, device_arg: int, scale_arg: int | None,
           value_args: tuple[int, ...] = ()) -> OpSpec:
     spec = OpSpec(name=name, params=tuple(params.split()),
@@ -73,9 +80,9 @@ def chunk_gated_delta_rule(
         ``state_v_first``; dtype of ``initial_state``, else float32) or None unless
         ``output_final_state``.
     """
-    return run(_CHUNK, (q, k, v, g, beta, scale, initial_state, output_final_state,
-                        use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
-                        state_v_first, cu_seqlens, use_gate_in_kernel, A_log, dt_bias))
+    return _call(_CHUNK, (q, k, v, g, beta, scale, initial_state, output_final_state,
+                          use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
+                          state_v_first, cu_seqlens, use_gate_in_kernel, A_log, dt_bias))
 
 
 _RECURRENT = _spec(
@@ -117,11 +124,11 @@ def fused_recurrent_gated_delta_rule(
       sequence's outputs are zeros and no state is read or written.
     Returns ``(o [B, T, HV, V], final_state or None)``.
     """
-    return run(_RECURRENT, (q, k, v, g, beta, scale, initial_state, output_final_state,
-                            use_qk_l2norm_in_kernel, use_gate_in_kernel, A_log, dt_bias,
-                            use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first,
-                            cu_seqlens, ssm_state_indices, num_accepted_tokens,
-                            inplace_final_state))
+    return _call(_RECURRENT, (q, k, v, g, beta, scale, initial_state, output_final_state,
+                              use_qk_l2norm_in_kernel, use_gate_in_kernel, A_log, dt_bias,
+                              use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first,
+                              cu_seqlens, ssm_state_indices, num_accepted_tokens,
+                              inplace_final_state))
 
 
 _SIGMOID_UPDATE = _spec(
@@ -147,9 +154,9 @@ def fused_sigmoid_gating_delta_rule_update(
     (zeros out, no state touched).  q, k, v may be strided views of one packed projection.
     Returns ``o`` ``[B, T, HV, V]``.
     """
-    return run(_SIGMOID_UPDATE, (A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k, v,
-                                 b, initial_state_source, initial_state_indices, scale,
-                                 use_qk_l2norm_in_kernel, cu_seqlens, state_v_first))
+    return _call(_SIGMOID_UPDATE, (A_log, a, dt_bias, softplus_beta, softplus_threshold, q, k,
+                                   v, b, initial_state_source, initial_state_indices, scale,
+                                   use_qk_l2norm_in_kernel, cu_seqlens, state_v_first))
 
 
 _PACKED = _spec(
@@ -172,8 +179,8 @@ def fused_recurrent_gated_delta_rule_packed_decode(
     ``state_v_first=False``, updated in place at ``ssm_state_indices`` ``[N]``; ``out``
     ``[N, 1, HV, V]`` written in place (zeros for ``-1``).  Returns ``(out, initial_state)``.
     """
-    return run(_PACKED, (mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out,
-                         ssm_state_indices, use_qk_l2norm_in_kernel, state_v_first))
+    return _call(_PACKED, (mixed_qkv, a, b, A_log, dt_bias, scale, initial_state, out,
+                           ssm_state_indices, use_qk_l2norm_in_kernel, state_v_first))
 
 
 _GATING = _spec("fused_gdn_gating", "A_log a b dt_bias beta threshold", 1, None)
@@ -188,7 +195,7 @@ def fused_gdn_gating(A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     .softplus``.  Returns ``g`` float32 ``[1, N, HV]`` and ``beta_output`` ``[1, N, HV]`` in
     ``b.dtype``.
     """
-    return run(_GATING, (A_log, a, b, dt_bias, beta, threshold))
+    return _call(_GATING, (A_log, a, b, dt_bias, beta, threshold))
 
 
 _SPLIT = _spec("fused_qkvzba_split_reshape_cat",
@@ -208,7 +215,8 @@ def fused_qkvzba_split_reshape_cat(
     Returns ``mixed_qkv`` ``[N, 2*Hqk*Dk + Hv*Dv]`` (q, k, v head-major), ``z`` ``[N, Hv,
     Dv]``, ``b`` ``[N, Hv]``, ``a`` ``[N, Hv]``, all new contiguous tensors.
     """
-    return run(_SPLIT, (mixed_qkvz, mixed_ba, num_heads_qk, num_heads_v, head_qk, head_v, layout))
+    return _call(_SPLIT, (mixed_qkvz, mixed_ba, num_heads_qk, num_heads_v, head_qk, head_v,
+                          layout))
 
 
 _L2NORM = _spec("l2norm", "x eps", 0, None)
@@ -216,7 +224,9 @@ _L2NORM = _spec("l2norm", "x eps", 0, None)
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``x / sqrt(sum(x**2, -1) + eps)`` computed in float32, returned in ``x.dtype``."""
-    return run(_L2NORM, (x, eps))
+    return _call(_L2NORM, (x, eps))
 
 
 PUBLIC_OPS: dict[str, Any] = {name: globals()[name] for name in OP_SPECS}
+
+from . import custom_ops  # noqa: E402  (registers torch.ops.gdn_dispatch.*; needs OP_SPECS)
