@@ -351,7 +351,7 @@ def module_decode(mod: Any, env: Environment,
                                 sbytes + mod.io_bytes(B, HV))
 
         def ours(B: int = B, sbytes: int = sbytes) -> Row:
-            r = rot()
+            r = rot(B, sbytes)
 
             def call(x: dict) -> Any:
                 return gdn.fused_recurrent_gated_delta_rule(
@@ -366,7 +366,7 @@ def module_decode(mod: Any, env: Environment,
                        backend=chosen)
 
         def peer(B: int = B, sbytes: int = sbytes) -> Row:
-            r = rot()
+            r = rot(B, sbytes)
 
             def call(x: dict) -> Any:
                 return fla(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
