@@ -99,7 +99,9 @@ _SMEM_99KB = frozenset({"sm_86", "sm_87", "sm_89", "sm_120", "sm_121"})
 def config_for(arch: str, K: int, V: int) -> ChunkConfig:
     """Default configuration for an architecture and head dims.
 
-    Tuned on H100 (sm_90, see docs/performance.md); sm_100 shares it.  Archs without wgmma
+    Tuned on H100 (sm_90, see docs/performance.md); sm_100 shares it except for value blocks
+    of at most 32 (untuned there: at 64, ptxas for sm_100 spills 24 B in the K=128, V=64
+    state kernel, which the compile check rejects).  Archs without wgmma
     keep matmul operands in registers, so they take narrower K slices and value blocks and
     more warps per state program (no register spills in ``python -m gdn_dispatch compile``);
     the 99 KB shared-memory parts run the state stage single-staged.
@@ -109,6 +111,8 @@ def config_for(arch: str, K: int, V: int) -> ChunkConfig:
         return ChunkConfig(state_bv_max=16 if K > 128 else 32, gram_bk_max=64,
                            state_warps_split=2048, state_stages_small=stages,
                            state_stages_large=1)
+    if arch == "sm_100":
+        return ChunkConfig(state_bv_max=16 if K > 128 else 32)
     return ChunkConfig(state_bv_max=16 if K > 128 else 64)
 
 
