@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .chunk_rows import chunk_row_bounds
+
 __all__ = ["chunk_output_operator_kernel", "aot_specs"]
 
 
@@ -29,14 +31,7 @@ def chunk_output_operator_kernel(
     i_c = pid // HV
     i_hv = pid % HV
     i_h = i_hv // G
-    if IS_VARLEN:
-        bos = tl.load(chunk_table + 2 * i_c).to(tl.int64)
-        eos = tl.load(chunk_table + 2 * i_c + 1).to(tl.int64)
-    else:
-        n_chunks = tl.cdiv(T, CHUNK)
-        i_b = i_c // n_chunks
-        bos = (i_b * T + (i_c % n_chunks) * CHUNK).to(tl.int64)
-        eos = tl.minimum(bos + CHUNK, (i_b * T + T).to(tl.int64))
+    bos, eos = chunk_row_bounds(i_c, chunk_table, T, CHUNK, IS_VARLEN)
 
     o_t = tl.arange(0, CHUNK)
     o_k = tl.arange(0, BK)

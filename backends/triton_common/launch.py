@@ -228,13 +228,4 @@ class LaunchPlan:
         if hit is None:
             self._compile_and_launch(tensors, sig)
             return
-        run, function, packed = hit
-        try:
-            run(self.g0, self.g1, self.g2, torch._C._cuda_getCurrentRawStream(self.device),
-                function, packed, None, None, None, *ptrs, *self.tail)
-        except (TypeError, ValueError, AttributeError) as exc:
-            warnings.warn(f"gdn_dispatch: planned Triton launch unavailable ({exc!r}); "
-                          "using Triton's plain launch", stacklevel=2)
-            set_fast_launch(False)
-            self.launcher._slow(self.grid, (*tensors, *self.scalars), self.constexprs,
-                                self.num_warps, self.num_stages, self.options)
+        self._run(hit, ptrs, tensors)
