@@ -2,7 +2,9 @@
 
 Validation reads metadata only, so its result and the selection are cached by a key made of
 each tensor's shape, strides, dtype and device plus the call's non-tensor arguments and
-the forced backend name.  A repeated call costs one key build and one dict lookup.  Value
+the forced backend name.  Before building that key, a repeated call is matched against the
+op's most recent decisions by a guard (``fast_path.py``: one C-level tensor-metadata check
+plus the non-tensor arguments), so the common case costs no key build at all.  Value
 checks (which read tensor contents) run only for CPU tensors or with GDN_CHECK_VALUES=1, and
 never during CUDA-graph capture.  Nothing here synchronizes the device.
 """
@@ -15,8 +17,8 @@ from typing import Any
 
 import torch
 
-from . import registry
-from .probe import DeviceProbe, probe_device, simulated_probe
+from . import fast_path, registry
+from .probe import SIM_ACTIVE, DeviceProbe, probe_device, simulated_probe
 from .registry import CallMeta, Explanation
 
 __all__ = ["OpSpec", "run", "explain_call", "clear_decision_cache", "OP_SPECS"]
@@ -43,7 +45,9 @@ _DECISIONS: dict[tuple, tuple[Callable[..., Any], CallMeta]] = {}
 
 
 def clear_decision_cache() -> None:
+    """Forget every cached decision (and the guards that find them)."""
     _DECISIONS.clear()
+    fast_path.clear()
 
 
 def _key(args: Sequence[Any]) -> tuple:
@@ -126,33 +130,72 @@ def _decide(spec: OpSpec, args: Sequence[Any], forced: str | None,
 
 def run(spec: OpSpec, args: tuple) -> Any:
     """Validate (cached), select (cached), value-check (CPU or opt-in) and run one call."""
-    forced, source = registry.forced_backend_name(spec.name)
+    name = spec.name
+    forced, source = registry.forced_backend_name(name)
+    guards = _GUARDS.get(name)
+    if guards and not _SIM_ACTIVE[0] and guards[0][0](args, forced):
+        entry = guards[0][1]  # the op's most recent decision (the common case)
+    else:
+        entry = fast_path.match(name, args, forced) or _slow_decision(spec, args, forced,
+                                                                      source)
+    impl, meta, check_values, scale = entry
+    if check_values and (check_values == fast_path.VALUES_ALWAYS
+                         or _should_check_values(args[spec.device_arg])):
+        spec.values(args)
+    if scale is not None:
+        i = spec.scale_arg
+        args = (*args[:i], scale, *args[i + 1:])
+    return impl(*args, meta=meta)
+
+
+_GUARDS = fast_path._MEMO
+_SIM_ACTIVE = SIM_ACTIVE
+
+
+def _slow_decision(spec: OpSpec, args: tuple, forced: str | None,
+                   source: str | None) -> fast_path.Entry:
+    """The decision of a call the guards did not match: key lookup, else validate + select;
+    the result becomes the op's newest guarded entry (never under a simulated device)."""
     key_fn = _KEY_FNS.get(spec.name) or _key_fn(spec)
+    simulated = simulated_probe() is not None
     try:
-        key = key_fn(args, forced)
-        hit = _DECISIONS.get(key)
+        key = None if simulated else key_fn(args, forced)
+        hit = _DECISIONS.get(key) if key is not None else None
     except (TypeError, AttributeError):  # unhashable or misplaced argument: no caching
         key = hit = None
-    if hit is None or simulated_probe() is not None:
-        if simulated_probe() is not None:
-            key = None  # decisions under a simulated device are never cached
+    if hit is None:
         hit = _decide(spec, args, forced, source)
         if key is not None:
             if len(_DECISIONS) >= _MAX_CACHE:
-                _DECISIONS.clear()
+                clear_decision_cache()
             _DECISIONS[key] = hit
     impl, meta = hit
     values = spec.values
-    if values is not None:
-        for i in spec.value_args:
-            if args[i] is not None:
-                if _should_check_values(args[spec.device_arg]):
-                    values(args)
-                break
-    scale_arg = spec.scale_arg
-    if scale_arg is not None and args[scale_arg] is None:
-        args = (*args[:scale_arg], meta.K ** -0.5, *args[scale_arg + 1:])
-    return impl(*args, meta=meta)
+    check_values = fast_path.VALUES_NEVER
+    if values is not None and any(args[i] is not None for i in spec.value_args):
+        dev = args[spec.device_arg]
+        check_values = (fast_path.VALUES_OPT_IN if getattr(dev, "is_cuda", False)
+                        else fast_path.VALUES_ALWAYS)
+    scale = None
+    if spec.scale_arg is not None and args[spec.scale_arg] is None:
+        scale = meta.K ** -0.5
+    entry = fast_path.Entry(impl, meta, check_values, scale)
+    if key is not None:
+        fast_path.remember(spec.name, args, forced, entry, _tensor_indices(spec))
+    return entry
+
+
+_TENSOR_INDICES: dict[str, frozenset[int]] = {}
+
+
+def _tensor_indices(spec: OpSpec) -> frozenset[int]:
+    """Positions of the op's tensor parameters."""
+    found = _TENSOR_INDICES.get(spec.name)
+    if found is None:
+        names = _tensor_params(spec.name)
+        found = _TENSOR_INDICES[spec.name] = frozenset(
+            i for i, p in enumerate(spec.params) if p in names)
+    return found
 
 
 def explain_call(spec: OpSpec, args: tuple) -> Explanation:

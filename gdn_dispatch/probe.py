@@ -217,6 +217,10 @@ def clear_cache() -> None:
 
 # -- simulation ----------------------------------------------------------------------------
 _SIM = threading.local()
+_SIM_LOCK = threading.Lock()
+# number of simulate_device blocks open in any thread (the dispatcher's guard fast path is
+# skipped while it is non-zero, then the thread-local probe decides)
+SIM_ACTIVE = [0]
 
 
 @contextlib.contextmanager
@@ -229,10 +233,14 @@ def simulate_device(probe: DeviceProbe | str) -> Iterator[DeviceProbe]:
     p = DeviceProbe.simulated(probe) if isinstance(probe, str) else probe
     prev = getattr(_SIM, "probe", None)
     _SIM.probe = p
+    with _SIM_LOCK:
+        SIM_ACTIVE[0] += 1
     try:
         yield p
     finally:
         _SIM.probe = prev
+        with _SIM_LOCK:
+            SIM_ACTIVE[0] -= 1
 
 
 def simulated_probe() -> DeviceProbe | None:

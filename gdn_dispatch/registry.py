@@ -249,6 +249,8 @@ def _ordered_for(vendor: str) -> list[Backend]:
 
 # -- forcing -------------------------------------------------------------------------------
 _LOCAL = threading.local()
+_USE_LOCK = threading.Lock()
+_USE_ACTIVE = [0]  # use_backend blocks open in any thread (0: no thread-local lookup needed)
 
 
 @contextlib.contextmanager
@@ -260,10 +262,14 @@ def use_backend(name: str | None) -> Iterator[None]:
     if stack is None:
         stack = _LOCAL.stack = []
     stack.append(name)
+    with _USE_LOCK:
+        _USE_ACTIVE[0] += 1
     try:
         yield
     finally:
         stack.pop()
+        with _USE_LOCK:
+            _USE_ACTIVE[0] -= 1
 
 
 def _env_reader() -> Callable[[str], str | None]:
@@ -291,12 +297,13 @@ _ENV_KEYS = {op: "GDN_BACKEND_" + op.upper() for op in OPS}
 
 def forced_backend_name(op: str) -> tuple[str | None, str | None]:
     """(name, source) of the backend forced for ``op`` in this thread, or (None, None)."""
-    stack = getattr(_LOCAL, "stack", None)
-    if stack:
-        top = stack[-1]
-        if top is not None:
-            return top, "use_backend()"
-        return None, None
+    if _USE_ACTIVE[0]:
+        stack = getattr(_LOCAL, "stack", None)
+        if stack:
+            top = stack[-1]
+            if top is not None:
+                return top, "use_backend()"
+            return None, None
     key = _ENV_KEYS.get(op) or ("GDN_BACKEND_" + op.upper())
     name = env_get(key)
     if name:

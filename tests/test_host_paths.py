@@ -16,7 +16,7 @@ from gdn_dispatch.backends.triton_common import launch as launch_mod
 from oracle import make_inputs, poison_, rel_err
 
 import gdn_dispatch as gdn
-from gdn_dispatch import api, dispatch
+from gdn_dispatch import api, dispatch, fast_path
 from gdn_dispatch.probe import interpreter_enabled
 
 
@@ -150,8 +150,10 @@ def test_default_scale_resolved_per_call(clean_dispatch, restore_registry):
     gdn.fused_recurrent_gated_delta_rule(q, k, v, g, beta)
     key = next(k for k in dispatch._DECISIONS if k[0] == "fused_recurrent_gated_delta_rule")
     dispatch._DECISIONS[key] = (impl, dispatch._DECISIONS[key][1])
-    gdn.fused_recurrent_gated_delta_rule(q, k, v, g, beta)
-    assert seen == [16 ** -0.5]
+    fast_path.clear()  # the guarded entry still holds the old impl
+    gdn.fused_recurrent_gated_delta_rule(q, k, v, g, beta)  # key path
+    gdn.fused_recurrent_gated_delta_rule(q, k, v, g, beta)  # guarded entry
+    assert seen == [16 ** -0.5, 16 ** -0.5]
 
 
 # -- interpreter: plans reused across calls with new data --------------------------------------
