@@ -367,18 +367,36 @@ def packed_vs_chain(results: dict) -> None:
     results["packed_vs_chain"] = rows
 
 
-SWEEP_CANDIDATES = {
-    # (state bytes, v_first) -> (BV, num_warps, tiles) candidates
-    (4, False): [(64, 2, 1), (64, 4, 1), (128, 4, 1), (32, 2, 1), (32, 4, 1), (32, 4, 2),
-                 (64, 4, 2), (16, 2, 1)],
-    (4, True): [(32, 2, 1), (16, 2, 1), (64, 4, 1), (32, 4, 1), (32, 4, 2), (16, 2, 2),
-                (8, 2, 1)],
-    (2, False): [(64, 2, 1), (32, 2, 1), (64, 4, 1), (128, 4, 1), (64, 4, 2), (32, 4, 2),
-                 (32, 2, 2), (16, 2, 1)],
-    (2, True): [(32, 2, 1), (64, 2, 1), (64, 4, 1), (16, 2, 1), (64, 4, 2), (32, 4, 2),
-                (32, 2, 2), (128, 4, 1)],
+_R = rec.RecurrentConfig
+_MAXNREG = lambda n: (("maxnreg", n),)  # noqa: E731
+SWEEP_CANDIDATES: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
+    # (state bytes, v_first) -> candidate configs; "packed" keeps a 16-bit tile in its dtype
+    (4, False): [_R(64, 2), _R(64, 4), _R(128, 4), _R(32, 2), _R(32, 4), _R(32, 4, tiles=2),
+                 _R(64, 4, tiles=2), _R(16, 2), _R(32, 1), _R(16, 1)],
+    (4, True): [_R(32, 2), _R(16, 2), _R(64, 4), _R(32, 4), _R(32, 4, tiles=2),
+                _R(16, 2, tiles=2), _R(8, 2), _R(16, 1), _R(8, 1)],
+    (2, False): [_R(64, 2), _R(32, 2), _R(16, 1),
+                 _R(32, 1, packed=True, options=_MAXNREG(200)),
+                 _R(32, 1, packed=True, options=_MAXNREG(200), evict="evict_first"),
+                 _R(16, 1, packed=True, options=_MAXNREG(112)),
+                 _R(16, 1, packed=True, options=_MAXNREG(96)), _R(64, 4, packed=True)],
+    (2, True): [_R(32, 2), _R(64, 2), _R(16, 1),
+                _R(16, 1, packed=True, options=_MAXNREG(104)),
+                _R(16, 1, packed=True, options=_MAXNREG(96)),
+                _R(16, 1, packed=True, options=_MAXNREG(104), evict="evict_first"),
+                _R(16, 1, packed=True), _R(8, 1, packed=True),
+                _R(32, 1, packed=True, options=_MAXNREG(168))],
 }
 SWEEP_BUCKET = {256: "large", 32: "medium"}
+
+
+def _cfg_text(cfg: rec.RecurrentConfig) -> str:
+    """Short text of a recurrent config: BV=32 w1 tiles=1 [packed] [maxnreg=200] [evict]."""
+    out = f"BV={cfg.BV} w{cfg.num_warps} tiles={cfg.tiles}"
+    if cfg.packed:
+        out += " packed" + (f" sub_bv={cfg.sub_bv}" if cfg.sub_bv else "")
+    out += "".join(f" {name}={value}" for name, value in cfg.options)
+    return out + (f" {cfg.evict}" if cfg.evict else "")
 
 
 def config_sweep(copy_bw: float, results: dict, deadline: float) -> None:
@@ -395,11 +413,10 @@ def config_sweep(copy_bw: float, results: dict, deadline: float) -> None:
                 out_state = torch.empty_like(rot.sets[0]["h0"])
                 o = torch.empty(1, B, HV, V, device=DEV, dtype=torch.bfloat16)
                 best = None
-                for BV, warps, tiles in SWEEP_CANDIDATES[(state_dtype.itemsize, v_first)]:
+                for cfg in SWEEP_CANDIDATES[(state_dtype.itemsize, v_first)]:
                     if time.time() > deadline:
                         print("sweep: deadline reached", flush=True)
                         break
-                    cfg = rec.RecurrentConfig(BV=BV, num_warps=warps, tiles=tiles)
 
                     def run(x):
                         rec.launch_recurrent(
@@ -415,14 +432,15 @@ def config_sweep(copy_bw: float, results: dict, deadline: float) -> None:
                     try:
                         ms = graph_ms(run, rot.sets, 0)
                     except Exception as exc:
-                        rows.append(dict(state=str(state_dtype)[6:], B=B, BV=BV, warps=warps,
-                                         tiles=tiles, error=repr(exc)[:200]))
+                        rows.append(dict(state=str(state_dtype)[6:], B=B, config=_cfg_text(cfg),
+                                         error=repr(exc)[:200]))
                         continue
                     frac = (2 * sbytes + io_bytes(B, HV)) / (ms * 1e-3) / copy_bw
                     rows.append(dict(state=str(state_dtype)[6:], layout="vk" if v_first else "kv",
-                                     B=B, BV=BV, warps=warps, tiles=tiles, ms=ms, frac=frac))
-                    print(f"sweep {rows[-1]['state']} {rows[-1]['layout']} B={B} BV={BV} "
-                          f"w={warps} tiles={tiles}: {ms*1e3:.1f} us {frac:.3f}", flush=True)
+                                     B=B, config=_cfg_text(cfg), BV=cfg.BV, warps=cfg.num_warps,
+                                     tiles=cfg.tiles, ms=ms, frac=frac))
+                    print(f"sweep {rows[-1]['state']} {rows[-1]['layout']} B={B} "
+                          f"{_cfg_text(cfg)}: {ms*1e3:.1f} us {frac:.3f}", flush=True)
                     if best is None or ms < best[0]:
                         best = (ms, cfg)
                 rot = None

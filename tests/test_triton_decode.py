@@ -350,6 +350,33 @@ def check_launcher_slices(device, dtype, *, v_first, BV):
     _close(ht, rh, dtype, "final state")
 
 
+def check_packed_tile(device, dtype, *, K, V, big, state_dtypes):
+    """Every state mode with the current recurrent config (set by the caller): pools with
+    padding, packed decode, spec decode, one-token / empty / multi-token varlen sequences,
+    no initial state, no gating.  ``big``: sizes for a GPU (else tiny CPU shapes)."""
+    H, HV = (2, 4) if big else (1, 2)
+    for v_first in (False, True):
+        for sd in state_dtypes:
+            check_recurrent_pool(device, dtype, sd, N=9 if big else 3, T=1, H=H, HV=HV, K=K,
+                                 V=V, v_first=v_first, inplace=True)
+            check_recurrent_pool(device, dtype, sd, N=5 if big else 3, T=2, H=H, HV=HV, K=K,
+                                 V=V, v_first=v_first, inplace=False)
+            check_packed_decode(device, dtype, sd, N=33 if big else 3, H=H, HV=2 * HV, K=K,
+                                V=V, v_first=v_first)
+            check_recurrent_plain(device, dtype, sd, B=1, T=6, H=H, HV=HV, K=K, V=V,
+                                  v_first=v_first, varlen=[1, 0, 3, 1, 1], gate="raw",
+                                  beta_mode="sigmoid", l2norm=True)
+            check_recurrent_plain(device, dtype, sd, B=3, T=1, H=H, HV=HV, K=K, V=V,
+                                  v_first=v_first, gate="none", beta_mode="none", h0=False)
+            check_recurrent_plain(device, dtype, sd, B=2, T=1, H=H, HV=HV, K=K, V=V,
+                                  v_first=v_first, neg_eigval=True, gate="raw",
+                                  beta_mode="sigmoid", final="inplace")
+        check_recurrent_spec(device, dtype, torch.float32, N=5 if big else 3, T=3, H=H, HV=HV,
+                             K=K, V=V, v_first=v_first, inplace=True, varlen=True)
+        check_recurrent_spec(device, dtype, state_dtypes[-1], N=5 if big else 3, T=2, H=H,
+                             HV=HV, K=K, V=V, v_first=v_first, inplace=False)
+
+
 # -- the GPU tests --------------------------------------------------------------------------
 gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.version.hip is not None,
                          reason="needs an NVIDIA GPU")
@@ -477,6 +504,24 @@ def test_tiles_prefetch(monkeypatch, tiles, BV, warps):
                               beta_mode="sigmoid", l2norm=True)
         check_recurrent_plain(DEV, torch.float16, torch.float32, B=3, T=2, H=1, HV=3, K=64,
                               V=96, v_first=v_first)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(BV=32, num_warps=1, options=(("maxnreg", 200),)),
+    dict(BV=16, num_warps=1, options=(("maxnreg", 104),), evict="evict_first"),
+    dict(BV=64, num_warps=4, tiles=2, sub_bv=16),
+    dict(BV=128, num_warps=8, evict="evict_last"),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items() if k != "options"))
+@pytest.mark.parametrize("K,V", [(128, 128), (64, 96)])
+def test_packed_tile(monkeypatch, cfg, K, V):
+    """Packed state tiles (``RecurrentConfig.packed``): every state mode and dtype."""
+    from gdn_dispatch.backends.triton_common.recurrent import RecurrentConfig
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    config = RecurrentConfig(packed=True, **cfg)
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: config)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
+    check_packed_tile(DEV, torch.bfloat16, K=K, V=V, big=True, state_dtypes=STATE_DTYPES)
 
 
 def test_cached_launch_respects_alignment_and_strides():

@@ -16,6 +16,7 @@ from test_triton_decode import (
     check_l2norm,
     check_launcher_slices,
     check_packed_decode,
+    check_packed_tile,
     check_recurrent_plain,
     check_recurrent_pool,
     check_recurrent_spec,
@@ -149,3 +150,19 @@ def test_tiles_prefetch(monkeypatch, tiles, BV):
                               gate="raw", beta_mode="sigmoid", l2norm=True, **SMALL)
         check_recurrent_plain(CPU, F32, F32, B=1, T=2, H=1, HV=3, K=16, V=24,
                               v_first=v_first)  # odd item count: fewer tiles
+
+
+@pytest.mark.parametrize("kw", [dict(BV=16, num_warps=1),
+                                dict(BV=8, num_warps=2, tiles=2, sub_bv=2,
+                                     evict="evict_first")], ids=["w1", "tiles2-sub2-evict"])
+def test_packed_tile(monkeypatch, kw):
+    """16-bit state tiles kept packed in registers (every state mode, odd V)."""
+    from gdn_dispatch.backends.triton_common.recurrent import RecurrentConfig
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    cfg = RecurrentConfig(packed=True, **kw)
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
+    for K, V in ((16, 32), (16, 24)):
+        check_packed_tile(CPU, F32, K=K, V=V, big=False,
+                          state_dtypes=[torch.float32, torch.float16, torch.bfloat16])

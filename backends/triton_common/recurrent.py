@@ -17,6 +17,14 @@ The program id runs over V-slices fastest, so neighbouring programs stream one h
 contiguously.  Both reductions of a step (``k @ S`` and ``q @ S``) read the state before the
 update: ``q @ S_new = alpha * (q @ S) + (q . k) * u``, which shortens the dependency chain.
 
+Packed tiles (``RecurrentConfig.packed``, for 16-bit states): the tile stays in the state
+dtype in registers instead of float32 (half the registers per element).  A one-token
+sequence widens each element where it is used: one two-operand reduction gives ``k @ S``
+and ``q @ S``, and the new state is formed right before its store, so no float32 copy of
+the tile is ever live.  Other lengths (spec decode, short prefill) run the token loop on
+float32 slices of ``sub_bv`` columns, re-read one after the other; zero tokens pass the
+state through.  Which one runs is decided per sequence in the kernel (no host sync).
+
 Safety: any pool index outside ``[0, slots)`` makes its sequence padding (outputs zero,
 nothing read or written); indices are read in the kernel, so nothing syncs the host.
 """
@@ -61,6 +69,19 @@ class RecurrentConfig:
     num_stages: int = 1
     tiles: int = 1  # work items per program; the next item's state loads during this one
     options: tuple[tuple[str, Any], ...] = ()
+    # keep the state tile in the state dtype in registers (16-bit states: half the registers
+    # of a float32 tile); a one-token sequence widens each element where it is used, longer
+    # ones run float32 slices of ``sub_bv`` columns (0: BV // 2) one after the other
+    packed: bool = False
+    sub_bv: int = 0
+    # eviction policy of the state loads and stores ("" / "evict_first" / "evict_last")
+    evict: str = ""
+
+    def slice_bv(self, bv: int) -> int:
+        """Columns per float32 slice of a packed tile of ``bv`` columns (``bv`` unpacked)."""
+        if not self.packed:
+            return bv
+        return max(1, min(bv, self.sub_bv or bv // 2))
 
 
 @triton.jit
@@ -104,6 +125,245 @@ def _state_tile(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.
     return tile, mask
 
 
+@triton.jit
+def _widen(x):
+    """``x`` as float32.  bf16 widens by a shift of its bits: a different op from ``.to``, so
+    the compiler does not merge it with an earlier conversion of the same tile (which would
+    keep a float32 copy of the whole tile live between the two uses)."""
+    if x.dtype == tl.bfloat16:
+        y = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        y = x.to(tl.float32)
+    return y
+
+
+@triton.jit
+def _add2(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+@triton.jit
+def _token_inputs(p_q, p_k, p_v, p_g, p_beta, o_k, o_v, mask_k, mask_v, b_A, b_bias,
+                  softplus_beta, softplus_threshold, L2NORM: tl.constexpr,
+                  GATE_MODE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr,
+                  NEG_EIGVAL: tl.constexpr):
+    """q, k (l2-normalised if asked), v, beta and the decay alpha of one token."""
+    b_q = tl.load(p_q + o_k, mask=mask_k, other=0).to(tl.float32)
+    b_k = tl.load(p_k + o_k, mask=mask_k, other=0).to(tl.float32)
+    b_v = tl.load(p_v + o_v, mask=mask_v, other=0).to(tl.float32)
+    if L2NORM:
+        b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
+        b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
+    if BETA_MODE == 0:
+        b_beta = 1.0
+    elif BETA_MODE == 1:
+        b_beta = tl.load(p_beta).to(tl.float32)
+    else:
+        b_beta = tl.sigmoid(tl.load(p_beta).to(tl.float32))
+        if NEG_EIGVAL:
+            b_beta = b_beta * 2.0
+    if GATE_MODE != 0:
+        b_g = tl.load(p_g).to(tl.float32)
+        if GATE_MODE == 2:
+            if HAS_DT_BIAS:
+                b_g = b_g + b_bias
+            b_x = b_g * softplus_beta
+            b_sp = tl.where(b_x <= softplus_threshold,
+                            tl.log(1.0 + tl.exp(b_x)) / softplus_beta, b_g)
+            b_g = -b_A * b_sp
+        b_alpha = tl.exp(b_g)
+    else:
+        b_alpha = 1.0
+    return b_q, b_k, b_v, b_beta, b_alpha
+
+
+@triton.jit
+def _token_state_store(b_h, h_dst, idx, t, i_n, tok0, valid, head_off, tile, mask_h, slots,
+                       idx_cols, s_dst, s_idx0, s_idx1, DST_MODE: tl.constexpr,
+                       EVICT: tl.constexpr):
+    """The state after token ``t`` where per-token modes put it (DST_SPEC_INPLACE,
+    DST_PER_TOKEN); nothing otherwise."""
+    if DST_MODE == 3:
+        col_ok = t < idx_cols
+        d_row = tl.load(idx + i_n * s_idx0 + t * s_idx1, mask=col_ok, other=-1).to(tl.int64)
+        d_ok = valid & (d_row >= 0) & (d_row < slots)
+        d_row = tl.where(d_ok, d_row, 0)
+        tl.store(h_dst + d_row * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
+                 mask=tl.where(d_ok, mask_h, False), eviction_policy=EVICT)
+    if DST_MODE == 4:  # only with IDX_SPEC
+        b_keep = tl.where(valid, b_h, 0.0)
+        tl.store(h_dst + (tok0 + t) * s_dst + head_off + tile,
+                 b_keep.to(h_dst.dtype.element_ty), mask=mask_h, eviction_policy=EVICT)
+
+
+@triton.jit
+def _final_state_store(b_h, h_dst, i_n, src_row, valid, head_off, tile, mask_h, s_dst,
+                       IDX_MODE: tl.constexpr, DST_MODE: tl.constexpr, EVICT: tl.constexpr):
+    """The final state where DST_NEW / DST_INPLACE put it; nothing otherwise."""
+    if DST_MODE == 1:
+        if IDX_MODE != 0:
+            b_h = tl.where(valid, b_h, 0.0)
+        tl.store(h_dst + i_n * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
+                 mask=mask_h, eviction_policy=EVICT)
+    if DST_MODE == 2:
+        tl.store(h_dst + src_row * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
+                 mask=tl.where(valid, mask_h, False), eviction_policy=EVICT)
+
+
+@triton.jit
+def _run_tokens(b_h, p_q, p_k, p_v, p_g, p_beta, p_o, h_dst, idx, o_k, o_v, mask_k, mask_v,
+                tile, mask_h, valid, seq_len, i_n, tok0, src_row, head_off, b_A, b_bias,
+                scale, softplus_beta, softplus_threshold, slots, idx_cols,
+                s_qt, s_kt, s_vt, s_gt, s_bt, s_ot, s_dst, s_idx0, s_idx1,
+                STATE_V_FIRST: tl.constexpr, L2NORM: tl.constexpr, GATE_MODE: tl.constexpr,
+                HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr,
+                IDX_MODE: tl.constexpr, DST_MODE: tl.constexpr, EVICT: tl.constexpr):
+    """``seq_len`` tokens of one sequence on a float32 state tile ``b_h`` (columns ``o_v``),
+    then the final state to its destination."""
+    for t in range(0, seq_len):
+        b_q, b_k, b_v, b_beta, b_alpha = _token_inputs(
+            p_q, p_k, p_v, p_g, p_beta, o_k, o_v, mask_k, mask_v, b_A, b_bias, softplus_beta,
+            softplus_threshold, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL)
+        # both reductions read the state before the update
+        if STATE_V_FIRST:
+            b_kS = tl.sum(b_h * b_k[None, :], 1)
+            b_qS = tl.sum(b_h * b_q[None, :], 1)
+        else:
+            b_kS = tl.sum(b_h * b_k[:, None], 0)
+            b_qS = tl.sum(b_h * b_q[:, None], 0)
+        b_qk = tl.sum(b_q * b_k)
+        if GATE_MODE != 0:
+            b_kS = b_kS * b_alpha
+            b_qS = b_qS * b_alpha
+        b_u = b_beta * (b_v - b_kS)
+        b_o = scale * (b_qS + b_qk * b_u)
+        if IDX_MODE != 0:
+            b_o = tl.where(valid, b_o, 0.0)
+        tl.store(p_o + o_v, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+        if GATE_MODE != 0:
+            b_h = b_h * b_alpha
+        if STATE_V_FIRST:
+            b_h = b_h + b_u[:, None] * b_k[None, :]
+        else:
+            b_h = b_h + b_k[:, None] * b_u[None, :]
+        _token_state_store(b_h, h_dst, idx, t, i_n, tok0, valid, head_off, tile, mask_h, slots,
+                           idx_cols, s_dst, s_idx0, s_idx1, DST_MODE, EVICT)
+        p_q += s_qt
+        p_k += s_kt
+        p_v += s_vt
+        if GATE_MODE != 0:
+            p_g += s_gt
+        if BETA_MODE != 0:
+            p_beta += s_bt
+        p_o += s_ot
+    _final_state_store(b_h, h_dst, i_n, src_row, valid, head_off, tile, mask_h, s_dst,
+                       IDX_MODE, DST_MODE, EVICT)
+
+
+@triton.jit
+def _packed_item(raw, q, k, v, g, beta, o, h_src, h_dst, idx, b_A, b_bias, scale,
+                 softplus_beta, softplus_threshold, slots, idx_cols, row, bos, seq_len, i_n,
+                 i_h, i_hv, i_v, tok0, src_row, valid, tile, mask_h, k_off, v_off,
+                 s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_gb, s_gt, s_bb, s_bt,
+                 s_ob, s_ot, s_oh, s_src, s_dst, s_idx0, s_idx1, K: tl.constexpr,
+                 V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SBV: tl.constexpr,
+                 STATE_V_FIRST: tl.constexpr, L2NORM: tl.constexpr, GATE_MODE: tl.constexpr,
+                 HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr,
+                 IDX_MODE: tl.constexpr, HAS_H0: tl.constexpr, DST_MODE: tl.constexpr,
+                 EVICT: tl.constexpr):
+    """One work item with the state tile ``raw`` held in the state dtype (config ``packed``).
+
+    A one-token sequence (decode) widens each element where it is used: one two-operand
+    reduction gives k.S and q.S, and the new state is formed right before its store, so no
+    float32 copy of the tile is ever live.  Zero tokens: the state passes through.  Longer
+    sequences run the token loop on float32 slices of SBV columns, one after the other
+    (re-read from h_src).
+    """
+    head_off = i_hv * (K * V)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    mask_k = o_k < K
+    mask_v = o_v < V
+    p_q = q + row * s_qb + bos * s_qt + i_h * s_qh
+    p_k = k + k_off + row * s_kb + bos * s_kt + i_h * s_kh
+    p_v = v + v_off + row * s_vb + bos * s_vt + i_hv * s_vh
+    if GATE_MODE != 0:
+        p_g = g + row * s_gb + bos * s_gt + i_hv
+    else:
+        p_g = g
+    if BETA_MODE != 0:
+        p_beta = beta + row * s_bb + bos * s_bt + i_hv
+    else:
+        p_beta = beta
+    p_o = o + row * s_ob + bos * s_ot + i_hv * s_oh
+    if seq_len == 1:
+        b_q, b_k, b_v, b_beta, b_alpha = _token_inputs(
+            p_q, p_k, p_v, p_g, p_beta, o_k, o_v, mask_k, mask_v, b_A, b_bias, softplus_beta,
+            softplus_threshold, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL)
+        if HAS_H0:
+            # one reduction of two operands: each widened element feeds both sums and dies
+            # (two reductions keep a float32 copy of the whole tile live between them)
+            b_hf = raw.to(tl.float32)
+            if STATE_V_FIRST:
+                b_kS, b_qS = tl.reduce((b_hf * b_k[None, :], b_hf * b_q[None, :]), 1, _add2)
+            else:
+                b_kS, b_qS = tl.reduce((b_hf * b_k[:, None], b_hf * b_q[:, None]), 0, _add2)
+        else:
+            b_kS = tl.zeros([BV], dtype=tl.float32)
+            b_qS = tl.zeros([BV], dtype=tl.float32)
+        b_qk = tl.sum(b_q * b_k)
+        if GATE_MODE != 0:
+            b_kS = b_kS * b_alpha
+            b_qS = b_qS * b_alpha
+        b_u = b_beta * (b_v - b_kS)
+        b_o = scale * (b_qS + b_qk * b_u)
+        if IDX_MODE != 0:
+            b_o = tl.where(valid, b_o, 0.0)
+        tl.store(p_o + o_v, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+        # the new state, formed right before its store from the tile in its own dtype
+        if STATE_V_FIRST:
+            b_new = b_u[:, None] * b_k[None, :]
+        else:
+            b_new = b_k[:, None] * b_u[None, :]
+        if HAS_H0:
+            if GATE_MODE != 0:
+                b_new = _widen(raw) * b_alpha + b_new
+            else:
+                b_new = _widen(raw) + b_new
+        _token_state_store(b_new, h_dst, idx, 0, i_n, tok0, valid, head_off, tile, mask_h,
+                           slots, idx_cols, s_dst, s_idx0, s_idx1, DST_MODE, EVICT)
+        _final_state_store(b_new, h_dst, i_n, src_row, valid, head_off, tile, mask_h, s_dst,
+                           IDX_MODE, DST_MODE, EVICT)
+    elif seq_len <= 0:
+        # no token: the state passes through (this use also keeps the tile load ahead of the
+        # branch: with one use the compiler sinks it behind the cu_seqlens load)
+        if HAS_H0:
+            b_same = raw.to(tl.float32)
+        elif STATE_V_FIRST:
+            b_same = tl.zeros([BV, BK], dtype=tl.float32)
+        else:
+            b_same = tl.zeros([BK, BV], dtype=tl.float32)
+        _final_state_store(b_same, h_dst, i_n, src_row, valid, head_off, tile, mask_h, s_dst,
+                           IDX_MODE, DST_MODE, EVICT)
+    else:
+        for s in tl.static_range(BV // SBV):
+            s_tile, s_mask = _state_tile(i_v * (BV // SBV) + s, K, V, BK, SBV, STATE_V_FIRST)
+            s_v = (i_v * (BV // SBV) + s) * SBV + tl.arange(0, SBV)
+            if HAS_H0:
+                b_h = tl.load(h_src + src_row * s_src + head_off + s_tile,
+                              mask=tl.where(valid, s_mask, False), other=0).to(tl.float32)
+            elif STATE_V_FIRST:
+                b_h = tl.zeros([SBV, BK], dtype=tl.float32)
+            else:
+                b_h = tl.zeros([BK, SBV], dtype=tl.float32)
+            _run_tokens(b_h, p_q, p_k, p_v, p_g, p_beta, p_o, h_dst, idx, o_k, s_v, mask_k,
+                        s_v < V, s_tile, s_mask, valid, seq_len, i_n, tok0, src_row, head_off,
+                        b_A, b_bias, scale, softplus_beta, softplus_threshold, slots, idx_cols,
+                        s_qt, s_kt, s_vt, s_gt, s_bt, s_ot, s_dst, s_idx0, s_idx1,
+                        STATE_V_FIRST, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL,
+                        IDX_MODE, DST_MODE, EVICT)
+
+
 @triton.jit(do_not_specialize=["slots", "idx_cols"])
 def gated_delta_recurrent_kernel(
     q, k, v, g, beta, A_log, dt_bias, o, h_src, h_dst, cu_seqlens, idx, num_accepted,
@@ -116,6 +376,7 @@ def gated_delta_recurrent_kernel(
     HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr,
     IS_VARLEN: tl.constexpr, IDX_MODE: tl.constexpr, HAS_NAT: tl.constexpr,
     HAS_H0: tl.constexpr, DST_MODE: tl.constexpr,
+    PACKED: tl.constexpr = False, SBV: tl.constexpr = 0, EVICT: tl.constexpr = "",
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     first = tl.program_id(0) * TILES
@@ -124,10 +385,15 @@ def gated_delta_recurrent_kernel(
     tile, mask_h = _state_tile(i_v, K, V, BK, BV, STATE_V_FIRST)
     if HAS_H0:
         h_raw = tl.load(h_src + src_row * s_src + i_hv * (K * V) + tile,
-                        mask=tl.where(valid, mask_h, False), other=0)
+                        mask=tl.where(valid, mask_h, False), other=0, eviction_policy=EVICT)
     for j in tl.static_range(TILES):
         # -- this item's state (loaded one item ahead) -------------------------------------
-        if HAS_H0:
+        if PACKED:
+            if HAS_H0:
+                cur_raw = h_raw  # stays in the state dtype
+            else:
+                cur_raw = 0.0
+        elif HAS_H0:
             b_h = h_raw.to(tl.float32)
         else:
             if STATE_V_FIRST:
@@ -142,7 +408,8 @@ def gated_delta_recurrent_kernel(
             n_tile, n_mask = _state_tile(n_v, K, V, BK, BV, STATE_V_FIRST)
             if HAS_H0:
                 h_raw = tl.load(h_src + n_row * s_src + n_hv * (K * V) + n_tile,
-                                mask=tl.where(n_valid, n_mask, False), other=0)
+                                mask=tl.where(n_valid, n_mask, False), other=0,
+                                eviction_policy=EVICT)
 
         # -- the recurrence of this item -------------------------------------------------------
         i_h = i_hv // (HV // H)
@@ -165,96 +432,90 @@ def gated_delta_recurrent_kernel(
             b_A = tl.exp(tl.load(A_log + i_hv).to(tl.float32))
             if HAS_DT_BIAS:
                 b_bias = tl.load(dt_bias + i_hv).to(tl.float32)
-        p_q = q + row * s_qb + bos * s_qt + i_h * s_qh + o_k
-        p_k = k + k_off + row * s_kb + bos * s_kt + i_h * s_kh + o_k
-        p_v = v + v_off + row * s_vb + bos * s_vt + i_hv * s_vh + o_v
-        if GATE_MODE != 0:
-            p_g = g + row * s_gb + bos * s_gt + i_hv
-        if BETA_MODE != 0:
-            p_beta = beta + row * s_bb + bos * s_bt + i_hv
-        p_o = o + row * s_ob + bos * s_ot + i_hv * s_oh + o_v
-
-        for t in range(0, seq_len):
-            b_q = tl.load(p_q, mask=mask_k, other=0).to(tl.float32)
-            b_k = tl.load(p_k, mask=mask_k, other=0).to(tl.float32)
-            b_v = tl.load(p_v, mask=mask_v, other=0).to(tl.float32)
-            if L2NORM:
-                b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
-                b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
-            # both reductions read the state before the update
-            if STATE_V_FIRST:
-                b_kS = tl.sum(b_h * b_k[None, :], 1)
-                b_qS = tl.sum(b_h * b_q[None, :], 1)
-            else:
-                b_kS = tl.sum(b_h * b_k[:, None], 0)
-                b_qS = tl.sum(b_h * b_q[:, None], 0)
-            b_qk = tl.sum(b_q * b_k)
-            if BETA_MODE == 0:
-                b_beta = 1.0
-            elif BETA_MODE == 1:
-                b_beta = tl.load(p_beta).to(tl.float32)
-            else:
-                b_beta = tl.sigmoid(tl.load(p_beta).to(tl.float32))
-                if NEG_EIGVAL:
-                    b_beta = b_beta * 2.0
+        if PACKED:
+            _packed_item(cur_raw, q, k, v, g, beta, o, h_src, h_dst, idx, b_A if GATE_MODE == 2
+                         else 0.0, b_bias if GATE_MODE == 2 and HAS_DT_BIAS else 0.0,
+                         scale, softplus_beta, softplus_threshold, slots, idx_cols,
+                         row, bos, seq_len, i_n, i_h, i_hv, i_v, tok0, src_row, valid, tile,
+                         mask_h, k_off, v_off, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt,
+                         s_vh, s_gb, s_gt, s_bb, s_bt, s_ob, s_ot, s_oh, s_src, s_dst, s_idx0,
+                         s_idx1, K, V, BK, BV, SBV, STATE_V_FIRST, L2NORM, GATE_MODE,
+                         HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL, IDX_MODE, HAS_H0, DST_MODE, EVICT)
+        else:
+            p_q = q + row * s_qb + bos * s_qt + i_h * s_qh + o_k
+            p_k = k + k_off + row * s_kb + bos * s_kt + i_h * s_kh + o_k
+            p_v = v + v_off + row * s_vb + bos * s_vt + i_hv * s_vh + o_v
             if GATE_MODE != 0:
-                b_g = tl.load(p_g).to(tl.float32)
-                if GATE_MODE == 2:
-                    if HAS_DT_BIAS:
-                        b_g = b_g + b_bias
-                    b_x = b_g * softplus_beta
-                    b_sp = tl.where(b_x <= softplus_threshold,
-                                    tl.log(1.0 + tl.exp(b_x)) / softplus_beta, b_g)
-                    b_g = -b_A * b_sp
-                b_alpha = tl.exp(b_g)
-                b_kS = b_kS * b_alpha
-                b_qS = b_qS * b_alpha
-            b_u = b_beta * (b_v - b_kS)
-            b_o = scale * (b_qS + b_qk * b_u)
-            if IDX_MODE != 0:
-                b_o = tl.where(valid, b_o, 0.0)
-            tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=mask_v)
-            if GATE_MODE != 0:
-                if STATE_V_FIRST:
-                    b_h = b_h * b_alpha + b_u[:, None] * b_k[None, :]
-                else:
-                    b_h = b_h * b_alpha + b_k[:, None] * b_u[None, :]
-            else:
-                if STATE_V_FIRST:
-                    b_h = b_h + b_u[:, None] * b_k[None, :]
-                else:
-                    b_h = b_h + b_k[:, None] * b_u[None, :]
-
-            if DST_MODE == 3:
-                col_ok = t < idx_cols
-                d_row = tl.load(idx + i_n * s_idx0 + t * s_idx1, mask=col_ok,
-                                other=-1).to(tl.int64)
-                d_ok = valid & (d_row >= 0) & (d_row < slots)
-                d_row = tl.where(d_ok, d_row, 0)
-                tl.store(h_dst + d_row * s_dst + head_off + tile,
-                         b_h.to(h_dst.dtype.element_ty), mask=tl.where(d_ok, mask_h, False))
-            if DST_MODE == 4:  # only with IDX_SPEC
-                b_keep = tl.where(valid, b_h, 0.0)
-                tl.store(h_dst + (tok0 + t) * s_dst + head_off + tile,
-                         b_keep.to(h_dst.dtype.element_ty), mask=mask_h)
-
-            p_q += s_qt
-            p_k += s_kt
-            p_v += s_vt
-            if GATE_MODE != 0:
-                p_g += s_gt
+                p_g = g + row * s_gb + bos * s_gt + i_hv
             if BETA_MODE != 0:
-                p_beta += s_bt
-            p_o += s_ot
+                p_beta = beta + row * s_bb + bos * s_bt + i_hv
+            p_o = o + row * s_ob + bos * s_ot + i_hv * s_oh + o_v
 
-        if DST_MODE == 1:
-            if IDX_MODE != 0:
-                b_h = tl.where(valid, b_h, 0.0)
-            tl.store(h_dst + i_n * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
-                     mask=mask_h)
-        if DST_MODE == 2:
-            tl.store(h_dst + src_row * s_dst + head_off + tile, b_h.to(h_dst.dtype.element_ty),
-                     mask=tl.where(valid, mask_h, False))
+            for t in range(0, seq_len):
+                b_q = tl.load(p_q, mask=mask_k, other=0).to(tl.float32)
+                b_k = tl.load(p_k, mask=mask_k, other=0).to(tl.float32)
+                b_v = tl.load(p_v, mask=mask_v, other=0).to(tl.float32)
+                if L2NORM:
+                    b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
+                    b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
+                # both reductions read the state before the update
+                if STATE_V_FIRST:
+                    b_kS = tl.sum(b_h * b_k[None, :], 1)
+                    b_qS = tl.sum(b_h * b_q[None, :], 1)
+                else:
+                    b_kS = tl.sum(b_h * b_k[:, None], 0)
+                    b_qS = tl.sum(b_h * b_q[:, None], 0)
+                b_qk = tl.sum(b_q * b_k)
+                if BETA_MODE == 0:
+                    b_beta = 1.0
+                elif BETA_MODE == 1:
+                    b_beta = tl.load(p_beta).to(tl.float32)
+                else:
+                    b_beta = tl.sigmoid(tl.load(p_beta).to(tl.float32))
+                    if NEG_EIGVAL:
+                        b_beta = b_beta * 2.0
+                if GATE_MODE != 0:
+                    b_g = tl.load(p_g).to(tl.float32)
+                    if GATE_MODE == 2:
+                        if HAS_DT_BIAS:
+                            b_g = b_g + b_bias
+                        b_x = b_g * softplus_beta
+                        b_sp = tl.where(b_x <= softplus_threshold,
+                                        tl.log(1.0 + tl.exp(b_x)) / softplus_beta, b_g)
+                        b_g = -b_A * b_sp
+                    b_alpha = tl.exp(b_g)
+                    b_kS = b_kS * b_alpha
+                    b_qS = b_qS * b_alpha
+                b_u = b_beta * (b_v - b_kS)
+                b_o = scale * (b_qS + b_qk * b_u)
+                if IDX_MODE != 0:
+                    b_o = tl.where(valid, b_o, 0.0)
+                tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+                if GATE_MODE != 0:
+                    if STATE_V_FIRST:
+                        b_h = b_h * b_alpha + b_u[:, None] * b_k[None, :]
+                    else:
+                        b_h = b_h * b_alpha + b_k[:, None] * b_u[None, :]
+                else:
+                    if STATE_V_FIRST:
+                        b_h = b_h + b_u[:, None] * b_k[None, :]
+                    else:
+                        b_h = b_h + b_k[:, None] * b_u[None, :]
+                _token_state_store(b_h, h_dst, idx, t, i_n, tok0, valid, head_off, tile,
+                                   mask_h, slots, idx_cols, s_dst, s_idx0, s_idx1, DST_MODE,
+                                   EVICT)
+
+                p_q += s_qt
+                p_k += s_kt
+                p_v += s_vt
+                if GATE_MODE != 0:
+                    p_g += s_gt
+                if BETA_MODE != 0:
+                    p_beta += s_bt
+                p_o += s_ot
+
+            _final_state_store(b_h, h_dst, i_n, src_row, valid, head_off, tile, mask_h, s_dst,
+                               IDX_MODE, DST_MODE, EVICT)
 
         if j + 1 < TILES:
             i_v, i_n, i_hv, src_row, valid = n_v, n_n, n_hv, n_row, n_valid
@@ -292,6 +553,7 @@ def plan_recurrent(
         return None
     BK = _pow2(K)
     BV = min(config.BV, _pow2(V))
+    SBV = config.slice_bv(BV)
     items = N * HV * ((V + BV - 1) // BV)
     tiles = config.tiles
     while tiles > 1 and items % tiles:
@@ -333,7 +595,7 @@ def plan_recurrent(
          h_dst.stride(0) if h_dst is not None else 0, s_idx0, s_idx1),
         (H, HV, K, V, BK, BV, tiles, state_v_first, l2norm, gate_mode, dt_bias is not None,
          beta_mode, neg_eigval, cu_seqlens is not None, idx_mode, num_accepted is not None,
-         h_src is not None, dst_mode),
+         h_src is not None, dst_mode, config.packed, SBV, config.evict),
         config.num_warps, config.num_stages, config.options, device if device >= 0 else 0)
 
 
@@ -428,7 +690,10 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
                  L2NORM=pool, GATE_MODE=GATE_RAW if pool else GATE_LOG, HAS_DT_BIAS=pool,
                  BETA_MODE=BETA_SIGMOID if pool else BETA_GIVEN, NEG_EIGVAL=False,
                  IS_VARLEN=variant == "pool_decode", IDX_MODE=IDX_POOL if pool else IDX_NONE,
-                 HAS_NAT=False, HAS_H0=True, DST_MODE=DST_INPLACE if pool else DST_NEW)
+                 HAS_NAT=False, HAS_H0=True, DST_MODE=DST_INPLACE if pool else DST_NEW,
+                 PACKED=config.packed,
+                 SBV=config.slice_bv(min(config.BV, triton.next_power_of_2(V))),
+                 EVICT=config.evict)
     fn = gated_delta_recurrent_kernel
     ordered = {name: ("constexpr" if name in const else sig[name]) for name in fn.arg_names}
     layout = "vk" if state_v_first else "kv"

@@ -27,6 +27,15 @@ __all__ = ["recurrent_config", "recurrent_config_for_arch", "gating_config", "l2
 # (sequences x value heads) per SM: "small" < 4 (latency-bound: many small programs),
 # "medium" < 32, "large" otherwise (bandwidth-bound).  Every program reads a full K x BV
 # tile; BV * element bytes >= 64 keeps K-first rows at least two 32-byte sectors.
+_PACKED_KV = RecurrentConfig(BV=32, num_warps=1, packed=True, options=(("maxnreg", 200),))
+# vk cap: 96 measured best (0.96 / 0.99 at B = 256 / 1024; no cap, 128 registers: 0.95 /
+# 0.99), but the pool / packed-decode variants spill 24 B there: 104 is the lowest cap
+# without spills on sm_80 / sm_90 / sm_100 (AOT compile)
+_PACKED_VK = RecurrentConfig(BV=16, num_warps=1, packed=True, options=(("maxnreg", 104),))
+# medium batches (the whole state is a few tens of MB): the state loads and stores marked
+# evict-first helped at B = 32 in 4 of 5 paired H100 measurements (kv BV=32 w1: 0.76 vs
+# 0.71, vk BV=16 w1: 0.84 vs 0.79); at B >= 256 the effect was within noise, either sign
+_EVICT = "evict_first"
 RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     # medium/large: winners of the H100 sweep of 2026-11-25 (docs/performance.md, "Decode")
     ("sm_90", False, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
@@ -35,21 +44,39 @@ RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     ("sm_90", True, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
                          "medium": RecurrentConfig(BV=16, num_warps=2),
                          "large": RecurrentConfig(BV=64, num_warps=4)},
+    # 16-bit states, medium/large: the tile stays in the state dtype in registers
+    # (``packed``), one warp per program (no cross-warp reductions: no barriers), registers
+    # capped (``maxnreg``) so that ptxas does not widen the whole tile ahead of its uses: kv
+    # [128, 32] at 200 registers (10 programs per SM), vk [16, 128] at 104 (19 per SM).  H100
+    # sweep of 2026-11-25 (Triton 3.6, fla-style decode launch, fraction of copy bandwidth at
+    # B = 32 / 256 / 1024, HV = 32): kv 0.76 / 0.83 / 0.86 (was 0.56 / 0.69 / 0.71 with
+    # BV=64 w2), vk 0.84 / 0.96 / 0.99 (was 0.60 / 0.73 / 0.76 with BV=32 w2).  Wider kv
+    # slices need cross-warp reductions (BV=64 w4 packed: 0.70) and one warp cannot hold a
+    # [128, 64] tile without spilling; see docs/performance.md.
     ("sm_90", False, 2): {"small": RecurrentConfig(BV=32, num_warps=2),
-                          "medium": RecurrentConfig(BV=64, num_warps=2),
-                          "large": RecurrentConfig(BV=64, num_warps=2)},
+                          "medium": dataclasses.replace(_PACKED_KV, evict=_EVICT),
+                          "large": _PACKED_KV},
     ("sm_90", True, 2): {"small": RecurrentConfig(BV=16, num_warps=2),
-                         "medium": RecurrentConfig(BV=64, num_warps=2),
-                         "large": RecurrentConfig(BV=32, num_warps=2)},
+                         "medium": dataclasses.replace(_PACKED_VK, evict=_EVICT),
+                         "large": _PACKED_VK},
 }
+
+# sm_100 (untuned, like sm_80): the sm_90 entries, with the kv register cap raised to what
+# ptxas needs there without spills (the pool / packed-decode variants spill up to 224)
+for (_arch, _v_first, _elem), _row in list(RECURRENT_TABLE.items()):
+    RECURRENT_TABLE[("sm_100", _v_first, _elem)] = {
+        bucket: (dataclasses.replace(cfg, options=(("maxnreg", 232),))
+                 if cfg.packed and not _v_first and _elem == 2 else cfg)
+        for bucket, cfg in _row.items()}
 
 _SMALL_PER_SM, _MEDIUM_PER_SM = 4, 32
 _SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
 
 
 def _family(arch: str) -> str:
-    """Table row for an arch: every sm_8x/9x/10x/12x shares the sm_90 entries for now."""
-    return "sm_90"
+    """Table row for an arch: sm_10x has its own (register caps), every other sm_8x/9x/12x
+    shares the sm_90 entries for now."""
+    return "sm_100" if arch.startswith("sm_10") else "sm_90"
 
 
 def batch_bucket(n_heads_total: int, sms: int) -> str:
@@ -66,7 +93,20 @@ def _recurrent(arch: str, sms: int, v_first: bool, elem: int, K: int, V: int,
     # keep the fp32 state tile at <= 128 values per thread (no spills for K up to 256)
     while cfg.BV > 8 and K * cfg.BV > 128 * 32 * cfg.num_warps:
         cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
+    # a register cap is tuned for K = 128: keep the tile's values per thread for larger K
+    if any(name == "maxnreg" for name, _ in cfg.options):
+        tuned = RECURRENT_TABLE[(_family(arch), v_first, elem)][batch_bucket(n_heads_total,
+                                                                             sms)].BV
+        while cfg.BV > 8 and _pow2(K) * cfg.BV > 128 * tuned:
+            cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
+        if _pow2(K) * cfg.BV > 128 * tuned:  # still larger: drop the cap
+            cfg = dataclasses.replace(cfg, options=tuple(
+                (name, value) for name, value in cfg.options if name != "maxnreg"))
     return cfg
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def recurrent_config_for_arch(arch: str, v_first: bool, state_dtype: torch.dtype, K: int, V: int,
