@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from oracle import TOL, gating64, make_inputs, poison_, recurrence64, rel_err
 
 import gdn_dispatch as gdn
@@ -88,23 +87,29 @@ def chunk_inputs(case: str, dtype: torch.dtype, device: str, v_first: bool, seed
     return (q, k, v, g, beta), kw, ref_o, ref_h
 
 
-def forced_fusion(device: str, fuse: str):
-    """Context: the prefill config of ``device`` with ``fuse_output`` set to ``fuse``."""
+def forced_fusion(device: str, fuse: str, scan_bv: int | None = None):
+    """Context: the prefill config of ``device`` with ``fuse_output`` set to ``fuse`` (and,
+    with ``scan_bv``, both scans at that V block)."""
     import dataclasses
 
     from gdn_dispatch.backends.triton_rocm.chunk import override_config
     from gdn_dispatch.backends.triton_rocm.configs import prefill_config
 
     probe = gdn.probe_device(torch.device(device))
-    return override_config(dataclasses.replace(prefill_config(probe), fuse_output=fuse))
+    cfg = dataclasses.replace(prefill_config(probe), fuse_output=fuse)
+    if scan_bv is not None:
+        cfg = dataclasses.replace(cfg, state_bv=scan_bv, fused_bv=scan_bv)
+    return override_config(cfg)
 
 
 def run_chunk_case(case: str, dtype: torch.dtype, device: str, v_first: bool,
-                   scale_T: int = 1, fuse: str = "auto") -> tuple[float, float]:
+                   scale_T: int = 1, fuse: str = "auto",
+                   scan_bv: int | None = None) -> tuple[float, float]:
     """Run one case on triton_rocm (``fuse``: "auto", "always" or "never" fuse the output
-    into the state scan); returns (output error, final-state error) vs float64."""
+    into the state scan; ``scan_bv``: V block of the scans, default the config's); returns
+    (output error, final-state error) vs float64."""
     args, kw, ref_o, ref_h = chunk_inputs(case, dtype, device, v_first, scale_T=scale_T)
-    with gdn.use_backend("triton_rocm"), forced_fusion(device, fuse):
+    with gdn.use_backend("triton_rocm"), forced_fusion(device, fuse, scan_bv):
         o, ht = gdn.chunk_gated_delta_rule(*args, **kw)
     assert o.dtype == dtype and o.shape == ref_o.shape and o.device.type == device.split(":")[0]
     assert ht.dtype == (kw["initial_state"].dtype if "initial_state" in kw else torch.float32)
@@ -178,22 +183,38 @@ def test_gpu_intermediates_follow_dtype_policy(dtype):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_qwen3_next_shape_long():
-    """Qwen3-Next head sizes (K = V = 128, H = 16, HV = 32) over two long sequences."""
+@pytest.mark.parametrize("v_first", [False, True], ids=["opt", "opt_vk"])
+@pytest.mark.parametrize("fuse,scan_bv", [("never", None), ("always", None),
+                                          ("never", 16), ("always", 16), ("always", 64)],
+                         ids=["split", "fused", "split-bv16", "fused-bv16", "fused-bv64"])
+def test_gpu_qwen3_next_shape_long(fuse, scan_bv, v_first):
+    """Qwen3-Next head sizes (K = V = 128, H = 16, HV = 32) over two long sequences (one not a
+    multiple of the chunk), both scans, V blocks from 16 to 64, l2norm in kernel."""
     T, H, HV, K, V = 2048, 16, 32, 128, 128
     q, k, v, g, beta = make_inputs(1, T, H, HV, K, V, dtype=torch.bfloat16, device="cuda")
-    q = F.normalize(q.float(), dim=-1).to(torch.bfloat16)
     cu = torch.tensor([0, 700, T], dtype=torch.int32, device="cuda")
-    h0 = torch.randn(2, HV, V, K, device="cuda") * 0.1
-    with gdn.use_backend("triton_rocm"):
-        o, ht = gdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                           output_final_state=True, state_v_first=True,
-                                           cu_seqlens=cu)
+    shape = (2, HV, V, K) if v_first else (2, HV, K, V)
+    h0 = torch.randn(*shape, device="cuda") * 0.1
+    kw = dict(initial_state=h0, output_final_state=True, state_v_first=v_first,
+              cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+    with gdn.use_backend("triton_rocm"), forced_fusion("cuda", fuse, scan_bv):
+        o, ht = gdn.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
+        torch.cuda.synchronize()
     with gdn.use_backend("reference"):
-        ro, rh = gdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0,
-                                            output_final_state=True, state_v_first=True,
-                                            cu_seqlens=cu)
+        ro, rh = gdn.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
     assert rel_err(o, ro) < TOL[torch.bfloat16] and rel_err(ht, rh) < TOL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("v_first", [False, True], ids=["opt", "opt_vk"])
+@pytest.mark.parametrize("fuse", ["never", "always"], ids=["split", "fused"])
+def test_chunk_gpu_several_v_blocks(fuse, v_first):
+    """Scans split over several V blocks (V = 32 in blocks of 16), odd and even dims."""
+    for case in ("varlen", "odd_dims", "all_gating_flags"):
+        e_o, e_h = run_chunk_case(case, torch.float16, "cuda", v_first, scale_T=2, fuse=fuse,
+                                  scan_bv=16)
+        assert e_o < TOL[torch.float16] and e_h < TOL[torch.float16], (case, e_o, e_h)
 
 
 @pytest.mark.gpu
@@ -273,6 +294,25 @@ def test_aot_compile_for_amd(arch):
             assert report.shared <= aot.TARGETS[arch].shared_limit
             n += 1
     assert n > 0
+
+
+def test_scan_v_block_follows_the_number_of_chains():
+    """Generic config: few chains (one 4096-token sequence, 32 heads) get narrow V blocks so
+    that the scan fills the SMs and the split scan; many chains keep the widest block and
+    fuse the output into the scan."""
+    from gdn_dispatch.backends.triton_rocm.configs import prefill_config
+
+    cfg = prefill_config("generic")
+    assert cfg.scan_bv(False, 128, 32, 132) == 16
+    assert cfg.scan_bv(True, 128, 128, 132) == 64
+    assert cfg.scan_bv(True, 128, 1024, 132) == 64
+    assert cfg.scan_bv(False, 20, 1, 132) == 16         # never below 16
+    # the fused scan once the chains fill the SMs at the widest V block
+    assert not cfg.use_fused(32, 128, 132) and cfg.use_fused(128, 128, 132)
+    assert cfg.use_fused(1024, 128, 132)
+    gfx942 = prefill_config("gfx942")
+    assert gfx942.scan_bv(False, 128, 1, 304) == 32     # fixed per arch
+    assert gfx942.scan_bv(False, 16, 1, 304) == 16      # clipped to the padded V
 
 
 def test_chunk_size_other_than_64_raises():

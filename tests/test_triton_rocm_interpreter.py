@@ -36,6 +36,16 @@ def test_chunk_interpreter_vs_float64(case, dtype, v_first, fuse):
     assert e_h < TOL[dtype], e_h
 
 
+@pytest.mark.parametrize("fuse", ["never", "always"], ids=["split", "fused"])
+@pytest.mark.parametrize("v_first", [False, True], ids=["opt", "opt_vk"])
+@pytest.mark.parametrize("case", ["varlen", "odd_dims", "all_gating_flags"])
+def test_chunk_interpreter_several_v_blocks(case, v_first, fuse):
+    """The scans split over several V blocks (V = 32 in blocks of 16; V = 20 in two)."""
+    e_o, e_h = run_chunk_case(case, torch.float32, "cpu", v_first, fuse=fuse, scan_bv=16)
+    assert e_o < TOL[torch.float32], e_o
+    assert e_h < TOL[torch.float32], e_h
+
+
 def test_fp16_inputs_keep_fp16_intermediates():
     box = check_intermediates_keep_dtype("cpu", torch.float16)
     assert box["A"].dtype == torch.float16 and box["Ai"].dtype == torch.float16
@@ -99,3 +109,31 @@ def test_decode_elementwise_interpreter(decode_checks, dtype):
     c.check_split("cpu", dtype, N=3, Hqk=2, Hv=4, Dk=8, Dv=12, layout="interleaved")
     c.check_split("cpu", dtype, N=2, Hqk=1, Hv=3, Dk=4, Dv=4, layout="contiguous")
     c.check_l2norm("cpu", dtype, shape=(3, 2, 20), strided=True)
+
+
+@pytest.mark.parametrize("v_first", [False, True], ids=["opt", "opt_vk"])
+def test_plan_kept_and_reused_with_new_data(clean_dispatch, v_first):
+    """The default config's launch plan lives in ``meta.scratch``; a repeated call with new
+    data (same metadata) runs through it and still matches the reference."""
+    from oracle import rel_err
+    from test_triton_rocm import chunk_inputs
+
+    from gdn_dispatch import dispatch
+
+    args, kw, ref_o, ref_h = chunk_inputs("varlen", torch.float32, "cpu", v_first)
+    with gdn.use_backend("triton_rocm"):
+        o, ht = gdn.chunk_gated_delta_rule(*args, **kw)
+    assert rel_err(o, ref_o) < TOL[torch.float32] and rel_err(ht, ref_h) < TOL[torch.float32]
+    (meta,) = [m for key, (_, m) in dispatch._DECISIONS.items() if key[1] == "triton_rocm"]
+    plan = meta.scratch["triton_rocm.chunk_plan"]
+    gen = torch.Generator().manual_seed(7)
+    new = tuple(a + 0.3 * torch.randn(a.shape, generator=gen, dtype=a.dtype)
+                if isinstance(a, torch.Tensor) and a.is_floating_point() and i in (0, 1, 2)
+                else a for i, a in enumerate(args))
+    with gdn.use_backend("triton_rocm"):
+        o2, h2 = gdn.chunk_gated_delta_rule(*new, **kw)
+    with gdn.use_backend("reference"):
+        r2, rh2 = gdn.chunk_gated_delta_rule(*new, **kw)
+    assert meta.scratch["triton_rocm.chunk_plan"] is plan
+    assert rel_err(o2, r2) < TOL[torch.float32] and rel_err(h2, rh2) < TOL[torch.float32]
+    assert rel_err(o2, o) > 1e-3  # really new data

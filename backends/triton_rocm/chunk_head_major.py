@@ -3,27 +3,39 @@
 Every intermediate is laid out head-major, ``[B, HV, T, ...]`` (one value head's tokens are
 contiguous), so a program streams one contiguous slab per head.  The pipeline:
 
-1. ``gate_cumsum_kkt_kernel`` (per chunk, value head): gate (raw ``g`` or the in-kernel
+1. ``gate_cumsum_kkt_kernel`` (per value head, chunk): gate (raw ``g`` or the in-kernel
    ``-exp(A_log) * softplus(a + dt_bias)``), its cumulative sum inside the chunk, the
-   effective beta, and the strictly lower ``A = beta_i * (k_i . k_j) * exp(gc_i - gc_j)``.
+   effective beta, the strictly lower ``A = beta_i * (k_i . k_j) * exp(gc_i - gc_j)`` and
+   the decay-masked intra-chunk attention ``S = scale * tril(q_i . k_j * exp(gc_i - gc_j))``.
    With ``L2NORM`` it also stores the inverse row norms of q and k (float32, per key head);
-   the later kernels fold them into per-row scales instead of normalising tiles.
-2. ``solve_wu_kernel`` (per chunk, value head): ``(I + A)^-1`` from 16x16 blocks held in
-   registers (diagonal blocks by a power product, off-diagonal blocks by block forward
-   substitution), then ``w = Ai (beta k exp(gc))`` and ``u = Ai (beta v)``.
-3. ``state_recurrence_kernel`` (per sequence, value head, V block): walks the chunks, stores
+   the products fold them in as row / column scales instead of normalising tiles.
+2. ``solve_wu_kernel`` (per value head, chunk): ``(I + A)^-1`` held in registers, built from
+   its 16x16 diagonal blocks (forward substitution, all four at once in float32) and the
+   block-lower part by the finite series ``(I - M)(I + M^2) Di`` (``M = Di L``, ``M^4 = 0``;
+   four 64x64 products at the config's solve precision), then ``w = Ai (beta k exp(gc))``
+   and ``u = Ai (beta v)`` as two 64-deep products.
+3. ``state_recurrence_kernel`` (per V block, sequence, value head): walks the chunks, stores
    the state at each chunk start (``h``), ``v_new = u - w h`` and updates the state.  With
-   ``STATE_VK`` the state lives as ``[V, K]`` (variant ``opt_vk``), else ``[K, V]`` (``opt``).
-4. ``output_kernel`` (per chunk, value head, V block): ``o = scale * (exp(gc) q h +
-   mask(q k^T exp(gc_i - gc_j)) v_new)`` written straight into ``[B, T, HV, V]``.
+   ``STATE_VK`` the state's memory layout (``h0``, the final state, ``h``) is ``[V, K]``
+   (variant ``opt_vk``), else ``[K, V]`` (``opt``).
+4. ``output_kernel`` (per V block, value head, chunk): ``o = scale * exp(gc) q h + S v_new``
+   written straight into ``[B, T, HV, V]``.
 
-With ``FUSE_OUTPUT`` (chosen by the config when the scan has enough programs to fill the
-device) step 3 computes the output itself and steps 3-4 become one kernel without the ``h`` /
-``v_new`` round trip through memory.
+With ``FUSE_OUTPUT`` (a config choice) step 3 computes the output itself and steps 3-4 become
+one kernel without the ``h`` / ``v_new`` round trip through memory.
+
+Programs of the per-chunk kernels are ordered value head fastest, so the ``HV / H`` value
+heads that share a key head read the same k (q) lines while they are in L2; the V blocks of
+one chain in the scans are neighbours for the same reason.  The scans form their tile
+offsets from the loop's token rows, so nothing loop-invariant of tile size stays live in
+registers, and every operand they load feeds a product only, so the software pipeline
+prefetches the next chunk's tiles.
 
 Gate cumsums, betas and inverse norms are float32 (exponentiated or multiplied later); ``A``,
-the inverse blocks, ``w``, ``u``, ``v_new`` and ``h`` use the element type of the buffers the
-launcher allocates (the dtype policy's intermediate dtype); dots accumulate in float32.
+``S``, the inverse blocks, ``w``, ``u``, ``v_new`` and ``h`` use the element type of the
+buffers the launcher allocates (the dtype policy's intermediate dtype); dots accumulate in
+float32.  Element offsets inside a tile are int32 or are formed from int64 rows; every row
+base (token, chunk or head index times a stride) is int64.
 
 Each kernel module exposes ``aot_specs(arch)`` for ahead-of-time compilation.
 """
@@ -61,19 +73,6 @@ def _chunk_bounds(i_t, i_b, cu_seqlens, chunk_indices, T, BT: tl.constexpr,
 
 
 @triton.jit
-def _load_rows(base, tok, m_t, s_t, o_d, D: tl.constexpr, L2NORM: tl.constexpr):
-    """Load rows ``[BT, BD]`` of a [*, T, *, D] input at token positions ``tok``, optionally
-    L2-normalised (float32 math), in the input element type."""
-    b = tl.load(base + tok[:, None] * s_t + o_d[None, :],
-                mask=m_t[:, None] & (o_d[None, :] < D), other=0.0)
-    if L2NORM:
-        bf = b.to(tl.float32)
-        bf = bf / tl.sqrt(tl.sum(bf * bf, axis=1) + 1e-6)[:, None]
-        b = bf.to(b.dtype)
-    return b
-
-
-@triton.jit
 def _inv_norm(b):
     """``1 / sqrt(sum(x^2) + 1e-6)`` of each row of ``b``, in float32."""
     bf = b.to(tl.float32)
@@ -91,31 +90,145 @@ def _tile(R: tl.constexpr, C: tl.constexpr, r0, s_r, r_end, c0, c_end):
 
 
 @triton.jit
+def _tile_t(R: tl.constexpr, C: tl.constexpr, r0, s_c, r_end, c0, c_end):
+    """Like ``_tile`` for the transposed view: element ``(r, c)`` of the tile is element
+    ``(c, r)`` of a row-major slab with row stride ``s_c`` (rows of the tile are its columns)."""
+    o_r = r0 + tl.arange(0, R)
+    o_c = c0 + tl.arange(0, C)
+    return (o_c[None, :] * s_c + o_r[:, None],
+            (o_r < r_end)[:, None] & (o_c < c_end)[None, :])
+
+
+@triton.jit
 def _load_tile(base, row0, rows_end, s_row, D: tl.constexpr, BR: tl.constexpr,
-               BD: tl.constexpr, L2NORM: tl.constexpr):
+               BD: tl.constexpr):
     """Rows ``row0 .. row0 + BR`` (zeros at and past ``rows_end``) of a row-major ``[*, D]``
     slab with row stride ``s_row``; the row offset goes into the scalar base so the per-element
-    offsets stay int32.  Optionally L2-normalised per row in float32."""
+    offsets stay int32."""
     off, m = _tile(BR, BD, 0, s_row, (rows_end - row0).to(tl.int32), 0, D)
-    b = tl.load(base + row0 * s_row + off, mask=m, other=0.0)
-    if L2NORM:
-        bf = b.to(tl.float32)
-        bf = bf / tl.sqrt(tl.sum(bf * bf, axis=1) + 1e-6)[:, None]
-        b = bf.to(b.dtype)
-    return b
+    return tl.load(base + row0 * s_row + off, mask=m, other=0.0)
 
 
 @triton.jit(do_not_specialize=["T"])
 def gate_cumsum_kkt_kernel(
-    q, k, g, beta, A_log, dt_bias, gc_out, beta_out, A_out, rq_out, rk_out, cu_seqlens,
-    chunk_indices, T, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, H, HV,
+    q, k, g, beta, A_log, dt_bias, gc_out, beta_out, A_out, S_out, rq_out, rk_out,
+    cu_seqlens, chunk_indices, scale, T, BATCH, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, H, HV,
     K: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr,
     HAS_G: tl.constexpr, GATE_IN_KERNEL: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     HAS_BETA: tl.constexpr, BETA_SIGMOID: tl.constexpr, NEG_EIGVAL: tl.constexpr,
     L2NORM: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i_t = tl.program_id(0).to(tl.int64)
-    i_bh = tl.program_id(1).to(tl.int64)
+    """One program per (key head, chunk): ``k k^T`` and ``q k^T`` (and the inverse norms) are
+    formed once, then gated for each of the ``HV / H`` value heads of the key head."""
+    pid = tl.program_id(0).to(tl.int64)      # key head fastest (1-D: no grid-y limit)
+    i_bk = pid % (BATCH * H)
+    i_t = pid // (BATCH * H)
+    i_b = i_bk // H
+    i_h = i_bk % H
+    i_n, tok0, eos = _chunk_bounds(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    if i_n < 0:
+        return
+    o_t = tl.arange(0, BT)
+    tok = tok0 + o_t
+    m_t = tok < eos
+
+    b_k = _load_tile(k + i_b * s_kb + i_h * s_kh, tok0, eos, s_kt, K, BT, BK)
+    b_q = _load_tile(q + i_b * s_qb + i_h * s_qh, tok0, eos, s_qt, K, BT, BK)
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=PRECISION)
+    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
+    if L2NORM:
+        # inverse row norms of q and k (per key head); later kernels fold them into per-row
+        # scales instead of normalising tiles
+        b_rk = _inv_norm(b_k)
+        b_rq = _inv_norm(b_q)
+        tl.store(rk_out + (i_b * H + i_h) * T + tok, b_rk, mask=m_t)
+        tl.store(rq_out + (i_b * H + i_h) * T + tok, b_rq, mask=m_t)
+        b_kk = b_kk * b_rk[:, None] * b_rk[None, :]
+        b_qk = b_qk * b_rq[:, None] * b_rk[None, :]
+    causal = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    off_a, m_a = _tile(BT, BT, 0, BT, (eos - tok0).to(tl.int32), 0, BT)
+    G = HV // H
+    for j in range(0, G):
+        i_hv = i_h * G + j
+        row0 = (i_b * HV + i_hv) * T + tok0    # head-major row of the chunk's first token
+        src = (i_b * T + tok) * HV + i_hv      # [B, T, HV] index of each token
+        if HAS_G:
+            gv = tl.load(g + src, mask=m_t, other=0.0).to(tl.float32)
+            if GATE_IN_KERNEL:
+                if HAS_DT_BIAS:
+                    gv = gv + tl.load(dt_bias + i_hv).to(tl.float32)
+                soft = tl.where(gv > 20.0, gv, tl.log(1.0 + tl.exp(tl.minimum(gv, 20.0))))
+                gv = -tl.exp(tl.load(A_log + i_hv).to(tl.float32)) * soft
+            gv = tl.where(m_t, gv, 0.0)
+            gc = tl.cumsum(gv, axis=0)
+        else:
+            gc = tl.zeros([BT], dtype=tl.float32)
+        tl.store(gc_out + row0 + o_t, gc, mask=m_t)
+        if HAS_BETA:
+            bv = tl.load(beta + src, mask=m_t, other=0.0).to(tl.float32)
+            if BETA_SIGMOID:
+                bv = tl.sigmoid(bv)
+                if NEG_EIGVAL:
+                    bv = bv * 2.0
+        else:
+            bv = tl.where(m_t, 1.0, 0.0)
+        tl.store(beta_out + row0 + o_t, bv, mask=m_t)
+        # exp(gc_i - gc_j) on and below the diagonal (<= 1 there), shared by A and S
+        dec = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
+        b_A = tl.where(strict, b_kk * dec * bv[:, None], 0.0)
+        tl.store(A_out + row0 * BT + off_a, b_A.to(A_out.dtype.element_ty), mask=m_a)
+        # the decay-masked intra-chunk attention (scale folded in) for the output; columns
+        # past the end of the sequence are zero (their k rows are)
+        b_S = tl.where(causal, b_qk * dec * scale, 0.0)
+        tl.store(S_out + row0 * BT + off_a, b_S.to(S_out.dtype.element_ty), mask=m_a)
+
+
+@triton.jit
+def _unit_lower_inverse(b_A, BT: tl.constexpr, PRECISION: tl.constexpr):
+    """``(I + A)^-1`` (float32) of a strictly lower ``[BT, BT]`` float32 ``A``.
+
+    The ``BT / 16`` diagonal 16x16 blocks are inverted together as a ``[NB, 16, 16]`` tensor
+    by right-looking forward substitution in float32 (row j of X is final after step j - 1;
+    subtract ``D[:, j] x X[j, :]``); with ``Di`` their block-diagonal inverse and ``L`` the
+    strictly block-lower part of A, ``M = Di L`` is nilpotent of order ``NB`` (4), so
+    ``(I + A)^-1 = (I - M)(I + M^2) Di`` (four ``BT``-square products at ``PRECISION``)."""
+    NB: tl.constexpr = BT // 16
+    o_t = tl.arange(0, BT)
+    blk = o_t // 16
+    o_b = tl.arange(0, NB)
+    same_block = o_b[:, None, None, None] == o_b[None, None, :, None]      # [NB, 1, NB, 1]
+    o_r = tl.arange(0, 16)
+    row16 = o_r[None, :, None]                                             # [1, 16, 1]
+    col16 = o_r[None, None, :]                                             # [1, 1, 16]
+    eye16 = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
+    a4 = tl.reshape(b_A, (NB, 16, NB, 16))
+    d3 = tl.sum(tl.where(same_block, a4, 0.0), 2)                          # [NB, 16, 16]
+    x3 = tl.zeros([NB, 16, 16], dtype=tl.float32) + eye16[None, :, :]
+    for j in tl.static_range(0, 15):
+        col = tl.sum(tl.where(col16 == j, d3, 0.0), 2)                     # D[:, :, j]
+        row = tl.sum(tl.where(row16 == j, x3, 0.0), 1)                     # X[:, j, :]
+        x3 = x3 - col[:, :, None] * row[:, None, :]
+    b_Di = tl.reshape(tl.where(same_block, x3[:, :, None, :], 0.0), (BT, BT))
+    b_L = tl.where(blk[:, None] > blk[None, :], b_A, 0.0)
+    b_M = tl.dot(b_Di, b_L, input_precision=PRECISION)
+    b_M2 = tl.dot(b_M, b_M, input_precision=PRECISION)
+    b_IM = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0) - b_M
+    b_Q = tl.dot(b_IM, b_M2, acc=b_IM, input_precision=PRECISION)
+    return tl.dot(b_Q, b_Di, input_precision=PRECISION)
+
+
+@triton.jit(do_not_specialize=["T"])
+def solve_wu_kernel(
+    k, v, gc_buf, beta_buf, A_buf, rk_buf, w_out, u_out, Ai_out, cu_seqlens, chunk_indices,
+    T, BATCH, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, H, HV,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    L2NORM: tl.constexpr, IS_VARLEN: tl.constexpr, STORE_AI: tl.constexpr,
+    PRECISION: tl.constexpr, SOLVE_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)      # value head fastest (1-D: no grid-y limit)
+    i_bh = pid % (BATCH * HV)
+    i_t = pid // (BATCH * HV)
     i_b = i_bh // HV
     i_hv = i_bh % HV
     i_h = i_hv // (HV // H)
@@ -125,220 +238,62 @@ def gate_cumsum_kkt_kernel(
     o_t = tl.arange(0, BT)
     tok = tok0 + o_t
     m_t = tok < eos
-    row = (i_b * HV + i_hv) * T + tok          # head-major row of each token
-    src = (i_b * T + tok) * HV + i_hv          # [B, T, HV] index of each token
-
-    if HAS_G:
-        gv = tl.load(g + src, mask=m_t, other=0.0).to(tl.float32)
-        if GATE_IN_KERNEL:
-            if HAS_DT_BIAS:
-                gv = gv + tl.load(dt_bias + i_hv).to(tl.float32)
-            soft = tl.where(gv > 20.0, gv, tl.log(1.0 + tl.exp(tl.minimum(gv, 20.0))))
-            gv = -tl.exp(tl.load(A_log + i_hv).to(tl.float32)) * soft
-        gv = tl.where(m_t, gv, 0.0)
-        gc = tl.cumsum(gv, axis=0)
-    else:
-        gc = tl.zeros([BT], dtype=tl.float32)
-    tl.store(gc_out + row, gc, mask=m_t)
-
-    if HAS_BETA:
-        bv = tl.load(beta + src, mask=m_t, other=0.0).to(tl.float32)
-        if BETA_SIGMOID:
-            bv = tl.sigmoid(bv)
-            if NEG_EIGVAL:
-                bv = bv * 2.0
-    else:
-        bv = tl.where(m_t, 1.0, 0.0)
-    tl.store(beta_out + row, bv, mask=m_t)
-
-    o_k = tl.arange(0, BK)
-    b_k = _load_rows(k + i_b * s_kb + i_h * s_kh, tok, m_t, s_kt, o_k, K, False)
-    b_kb = (b_k.to(tl.float32) * bv[:, None]).to(b_k.dtype)
-    b_A = tl.dot(b_kb, tl.trans(b_k), input_precision=PRECISION)
-    if L2NORM:
-        # inverse row norms of q and k, stored once per key head; later kernels fold them
-        # into per-row scales instead of normalising tiles
-        b_rk = _inv_norm(b_k)
-        b_rq = _inv_norm(_load_rows(q + i_b * s_qb + i_h * s_qh, tok, m_t, s_qt, o_k, K, False))
-        krow = (i_b * H + i_h) * T + tok
-        if i_hv % (HV // H) == 0:
-            tl.store(rk_out + krow, b_rk, mask=m_t)
-            tl.store(rq_out + krow, b_rq, mask=m_t)
-        b_A = b_A * b_rk[:, None] * b_rk[None, :]
-    keep = (o_t[:, None] > o_t[None, :]) & m_t[:, None]
-    b_A = tl.where(keep, b_A * tl.exp(gc[:, None] - gc[None, :]), 0.0)
-    tl.store(A_out + row[:, None] * BT + o_t[None, :], b_A.to(A_out.dtype.element_ty),
-             mask=m_t[:, None])
-
-
-@triton.jit
-def _load_block16(A_out, row0, rows_valid, i: tl.constexpr, j: tl.constexpr,
-                  BT: tl.constexpr):
-    """The [16, 16] block (i, j) of one chunk's A as float32."""
-    o = tl.arange(0, 16)
-    r = i * 16 + o
-    p = A_out + (row0 + r)[:, None] * BT + (j * 16 + o)[None, :]
-    return tl.load(p, mask=(r < rows_valid)[:, None], other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _invert_unit_lower16(b_A, PRECISION: tl.constexpr):
-    """``(I + L)^-1`` of a strictly lower [16, 16] block L, as the product
-    ``(I - L)(I + L^2)(I + L^4)(I + L^8)`` (L is nilpotent: L^16 = 0)."""
-    o = tl.arange(0, 16)
-    eye = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
-    n = -tl.where(o[:, None] > o[None, :], b_A, 0.0)
-    x = eye + n
-    p = tl.dot(n, n, input_precision=PRECISION)
-    x = x + tl.dot(x, p, input_precision=PRECISION)
-    p = tl.dot(p, p, input_precision=PRECISION)
-    x = x + tl.dot(x, p, input_precision=PRECISION)
-    p = tl.dot(p, p, input_precision=PRECISION)
-    x = x + tl.dot(x, p, input_precision=PRECISION)
-    return x
-
-
-@triton.jit
-def _load_scaled16(base, tok0, i: tl.constexpr, eos, s_t, o_d, D: tl.constexpr,
-                   coef_ptr, row0, USE_GATE: tl.constexpr, gc_ptr, HAS_RK: tl.constexpr, rk_ptr,
-                   krow0):
-    """Rows ``16 i .. 16 i + 15`` of a chunk of k or v scaled by beta (and exp(gc))."""
-    o = tl.arange(0, 16)
-    r = i * 16 + o
-    tok = tok0 + r
-    m = tok < eos
-    b = _load_rows(base, tok, m, s_t, o_d, D, False).to(tl.float32)
-    c = tl.load(coef_ptr + row0 + r, mask=m, other=0.0)
-    if USE_GATE:
-        c = c * tl.exp(tl.load(gc_ptr + row0 + r, mask=m, other=0.0))
-    if HAS_RK:
-        c = c * tl.load(rk_ptr + krow0 + r, mask=m, other=0.0)
-    return b * c[:, None]
-
-
-@triton.jit
-def _store_rows16(out, row0, i: tl.constexpr, rows_valid, b, o_d, D: tl.constexpr,
-                  ROW_STRIDE: tl.constexpr):
-    o = tl.arange(0, 16)
-    r = i * 16 + o
-    tl.store(out + (row0 + r)[:, None] * ROW_STRIDE + o_d[None, :], b.to(out.dtype.element_ty),
-             mask=(r < rows_valid)[:, None] & (o_d[None, :] < D))
-
-
-@triton.jit(do_not_specialize=["T"])
-def solve_wu_kernel(
-    k, v, gc_buf, beta_buf, A_buf, rk_buf, w_out, u_out, Ai_out, cu_seqlens, chunk_indices,
-    T, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, H, HV,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, L2NORM: tl.constexpr, IS_VARLEN: tl.constexpr,
-    STORE_AI: tl.constexpr, PRECISION: tl.constexpr,
-):
-    i_t = tl.program_id(0).to(tl.int64)
-    i_bh = tl.program_id(1).to(tl.int64)
-    i_b = i_bh // HV
-    i_hv = i_bh % HV
-    i_h = i_hv // (HV // H)
-    i_n, tok0, eos = _chunk_bounds(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
-    if i_n < 0:
-        return
+    nvalid = (eos - tok0).to(tl.int32)
     row0 = (i_b * HV + i_hv) * T + tok0
-    nvalid = eos - tok0
     dt = w_out.dtype.element_ty
 
-    # inverse of (I + A): diagonal blocks, then block forward substitution
-    x00 = _invert_unit_lower16(_load_block16(A_buf, row0, nvalid, 0, 0, BT), PRECISION)
-    x11 = _invert_unit_lower16(_load_block16(A_buf, row0, nvalid, 1, 1, BT), PRECISION)
-    x22 = _invert_unit_lower16(_load_block16(A_buf, row0, nvalid, 2, 2, BT), PRECISION)
-    x33 = _invert_unit_lower16(_load_block16(A_buf, row0, nvalid, 3, 3, BT), PRECISION)
-    a10 = _load_block16(A_buf, row0, nvalid, 1, 0, BT)
-    a20 = _load_block16(A_buf, row0, nvalid, 2, 0, BT)
-    a21 = _load_block16(A_buf, row0, nvalid, 2, 1, BT)
-    a30 = _load_block16(A_buf, row0, nvalid, 3, 0, BT)
-    a31 = _load_block16(A_buf, row0, nvalid, 3, 1, BT)
-    a32 = _load_block16(A_buf, row0, nvalid, 3, 2, BT)
-    x10 = -tl.dot(x11, tl.dot(a10, x00, input_precision=PRECISION), input_precision=PRECISION)
-    x21 = -tl.dot(x22, tl.dot(a21, x11, input_precision=PRECISION), input_precision=PRECISION)
-    x32 = -tl.dot(x33, tl.dot(a32, x22, input_precision=PRECISION), input_precision=PRECISION)
-    x20 = -tl.dot(x22, tl.dot(a20, x00, input_precision=PRECISION)
-                  + tl.dot(a21, x10, input_precision=PRECISION), input_precision=PRECISION)
-    x31 = -tl.dot(x33, tl.dot(a31, x11, input_precision=PRECISION)
-                  + tl.dot(a32, x21, input_precision=PRECISION), input_precision=PRECISION)
-    x30 = -tl.dot(x33, tl.dot(a30, x00, input_precision=PRECISION)
-                  + tl.dot(a31, x10, input_precision=PRECISION)
-                  + tl.dot(a32, x20, input_precision=PRECISION), input_precision=PRECISION)
-    # the inverse blocks in the intermediate dtype
-    x00 = x00.to(dt)
-    x10 = x10.to(dt)
-    x11 = x11.to(dt)
-    x20 = x20.to(dt)
-    x21 = x21.to(dt)
-    x22 = x22.to(dt)
-    x30 = x30.to(dt)
-    x31 = x31.to(dt)
-    x32 = x32.to(dt)
-    x33 = x33.to(dt)
+    off_a, m_a = _tile(BT, BT, 0, BT, nvalid, 0, BT)
+    b_A = tl.load(A_buf + row0 * BT + off_a, mask=m_a, other=0.0)
+    # A I: exact (16-bit A, float32 accumulation; fp32 A at the fp32 precision), and it hands
+    # A over in the matrix-core accumulator layout, in which the block reshapes and the
+    # row / column reductions of the substitution below need a fifth of the cross-lane
+    # shuffles of the load's layout (and compile about 6x faster)
+    eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0).to(b_A.dtype)
+    b_A = tl.dot(b_A, eye, input_precision=PRECISION)
+    b_Ai = _unit_lower_inverse(b_A, BT, SOLVE_PRECISION).to(dt)
     if STORE_AI:
-        o16 = tl.arange(0, 16)
-        _store_rows16(Ai_out, row0, 0, nvalid, x00, o16, 16, BT)
-        _store_rows16(Ai_out + 16, row0, 1, nvalid, x11, o16, 16, BT)
-        _store_rows16(Ai_out + 32, row0, 2, nvalid, x22, o16, 16, BT)
-        _store_rows16(Ai_out + 48, row0, 3, nvalid, x33, o16, 16, BT)
-        _store_rows16(Ai_out, row0, 1, nvalid, x10, o16, 16, BT)
-        _store_rows16(Ai_out, row0, 2, nvalid, x20, o16, 16, BT)
-        _store_rows16(Ai_out + 16, row0, 2, nvalid, x21, o16, 16, BT)
-        _store_rows16(Ai_out, row0, 3, nvalid, x30, o16, 16, BT)
-        _store_rows16(Ai_out + 16, row0, 3, nvalid, x31, o16, 16, BT)
-        _store_rows16(Ai_out + 32, row0, 3, nvalid, x32, o16, 16, BT)
+        tl.store(Ai_out + row0 * BT + off_a, b_Ai, mask=m_a)
 
-    # w = Ai (beta * exp(gc) * k)
-    o_k = tl.arange(0, BK)
-    kb = k + i_b * s_kb + i_h * s_kh
-    krow0 = (i_b * H + i_h) * T + tok0
-    k0 = _load_scaled16(kb, tok0, 0, eos, s_kt, o_k, K, beta_buf, row0, True, gc_buf,
-                          L2NORM, rk_buf, krow0).to(dt)
-    k1 = _load_scaled16(kb, tok0, 1, eos, s_kt, o_k, K, beta_buf, row0, True, gc_buf,
-                          L2NORM, rk_buf, krow0).to(dt)
-    k2 = _load_scaled16(kb, tok0, 2, eos, s_kt, o_k, K, beta_buf, row0, True, gc_buf,
-                          L2NORM, rk_buf, krow0).to(dt)
-    k3 = _load_scaled16(kb, tok0, 3, eos, s_kt, o_k, K, beta_buf, row0, True, gc_buf,
-                          L2NORM, rk_buf, krow0).to(dt)
-    w0 = tl.dot(x00, k0, input_precision=PRECISION)
-    w1 = tl.dot(x10, k0, input_precision=PRECISION) + tl.dot(x11, k1, input_precision=PRECISION)
-    w2 = (tl.dot(x20, k0, input_precision=PRECISION) + tl.dot(x21, k1, input_precision=PRECISION)
-          + tl.dot(x22, k2, input_precision=PRECISION))
-    w3 = (tl.dot(x30, k0, input_precision=PRECISION) + tl.dot(x31, k1, input_precision=PRECISION)
-          + tl.dot(x32, k2, input_precision=PRECISION) + tl.dot(x33, k3, input_precision=PRECISION))
-    _store_rows16(w_out, row0, 0, nvalid, w0, o_k, K, K)
-    _store_rows16(w_out, row0, 1, nvalid, w1, o_k, K, K)
-    _store_rows16(w_out, row0, 2, nvalid, w2, o_k, K, K)
-    _store_rows16(w_out, row0, 3, nvalid, w3, o_k, K, K)
+    b_beta = tl.load(beta_buf + row0 + o_t, mask=m_t, other=0.0)
+    # w = Ai (beta * exp(gc) * rk * k)
+    kscale = b_beta * tl.exp(tl.load(gc_buf + row0 + o_t, mask=m_t, other=0.0))
+    if L2NORM:
+        kscale = kscale * tl.load(rk_buf + (i_b * H + i_h) * T + tok, mask=m_t, other=0.0)
+    b_k = _load_tile(k + i_b * s_kb + i_h * s_kh, tok0, eos, s_kt, K, BT, BK)
+    b_k = (b_k.to(tl.float32) * kscale[:, None]).to(dt)
+    # w = (k^T Ai^T)^T and u likewise: the inverse is the right (shared-memory) operand.
+    # Taken as the left (register) operand it reaches the product through a direct
+    # accumulator-to-operand layout conversion, which gave wrong w / u on sm_90 (Triton 3.6,
+    # 4 warps) for K, V <= 32
+    b_AiT = tl.trans(b_Ai)
+    b_w = tl.trans(tl.dot(tl.trans(b_k), b_AiT, input_precision=PRECISION))
+    off_w, m_w = _tile(BT, BK, 0, K, nvalid, 0, K)
+    tl.store(w_out + row0 * K + off_w, b_w.to(dt), mask=m_w)
 
     # u = Ai (beta * v)
-    o_v = tl.arange(0, BV)
-    vb = v + i_b * s_vb + i_hv * s_vh
-    v0 = _load_scaled16(vb, tok0, 0, eos, s_vt, o_v, V, beta_buf, row0, False, gc_buf,
-                          False, rk_buf, krow0).to(dt)
-    v1 = _load_scaled16(vb, tok0, 1, eos, s_vt, o_v, V, beta_buf, row0, False, gc_buf,
-                          False, rk_buf, krow0).to(dt)
-    v2 = _load_scaled16(vb, tok0, 2, eos, s_vt, o_v, V, beta_buf, row0, False, gc_buf,
-                          False, rk_buf, krow0).to(dt)
-    v3 = _load_scaled16(vb, tok0, 3, eos, s_vt, o_v, V, beta_buf, row0, False, gc_buf,
-                          False, rk_buf, krow0).to(dt)
-    u0 = tl.dot(x00, v0, input_precision=PRECISION)
-    u1 = tl.dot(x10, v0, input_precision=PRECISION) + tl.dot(x11, v1, input_precision=PRECISION)
-    u2 = (tl.dot(x20, v0, input_precision=PRECISION) + tl.dot(x21, v1, input_precision=PRECISION)
-          + tl.dot(x22, v2, input_precision=PRECISION))
-    u3 = (tl.dot(x30, v0, input_precision=PRECISION) + tl.dot(x31, v1, input_precision=PRECISION)
-          + tl.dot(x32, v2, input_precision=PRECISION) + tl.dot(x33, v3, input_precision=PRECISION))
-    _store_rows16(u_out, row0, 0, nvalid, u0, o_v, V, V)
-    _store_rows16(u_out, row0, 1, nvalid, u1, o_v, V, V)
-    _store_rows16(u_out, row0, 2, nvalid, u2, o_v, V, V)
-    _store_rows16(u_out, row0, 3, nvalid, u3, o_v, V, V)
+    b_v = _load_tile(v + i_b * s_vb + i_hv * s_vh, tok0, eos, s_vt, V, BT, BV)
+    b_v = (b_v.to(tl.float32) * b_beta[:, None]).to(dt)
+    b_u = tl.trans(tl.dot(tl.trans(b_v), b_AiT, input_precision=PRECISION))
+    off_u, m_u = _tile(BT, BV, 0, V, nvalid, 0, V)
+    tl.store(u_out + row0 * V + off_u, b_u.to(dt), mask=m_u)
+
+
+@triton.jit
+def _rows(base, rows, m_rows, s_row, cols, MASK_COLS: tl.constexpr, n_cols):
+    """Load ``[R, C]``: rows ``rows`` (int64 row indices of a slab with row stride ``s_row``,
+    valid where ``m_rows``), columns ``cols``; zeros elsewhere.  Offsets are formed here,
+    from the loop-variant rows, so that no loop-invariant offset tile stays live in
+    registers across a scan."""
+    p = base + rows[:, None] * s_row + cols[None, :]
+    if MASK_COLS:
+        return tl.load(p, mask=m_rows[:, None] & (cols < n_cols)[None, :], other=0.0)
+    return tl.load(p, mask=m_rows[:, None], other=0.0)
 
 
 @triton.jit(do_not_specialize=["T"])
 def state_recurrence_kernel(
-    q, k, w_buf, u_buf, gc_buf, rq_buf, rk_buf, h_out, vnew_out, o, h0, ht, cu_seqlens,
-    chunk_offsets, scale,
+    q, k, w_buf, u_buf, S_buf, gc_buf, rq_buf, rk_buf, h_out, vnew_out, o, h0, ht,
+    cu_seqlens, chunk_offsets, scale,
     T, NT, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_ob, s_ot, s_oh, H, HV,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
     STATE_VK: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
@@ -347,9 +302,16 @@ def state_recurrence_kernel(
 ):
     """The chunk-to-chunk state scan.  Unfused: stores ``h`` and ``v_new`` for
     ``output_kernel``.  ``FUSE_OUTPUT``: computes the chunk's output in the scan instead (no
-    ``h`` / ``v_new`` traffic, a longer sequential step)."""
-    i_v = tl.program_id(0).to(tl.int64)
-    i_nh = tl.program_id(1).to(tl.int64)
+    ``h`` / ``v_new`` traffic, a longer sequential step).
+
+    The state tile is ``[BK, BV]`` in registers for both variants; ``STATE_VK`` is the memory
+    layout of ``h0``, ``ht`` and the per-chunk ``h`` (``[V, K]``, else ``[K, V]``).  (Holding
+    it as ``[BV, BK]`` with every product transposed needed more registers on sm_90, gfx942
+    and gfx950 alike, and kept the transposed loads out of the software pipeline.)"""
+    NV: tl.constexpr = (V + BV - 1) // BV
+    pid = tl.program_id(0).to(tl.int64)      # the V blocks of one chain are neighbours
+    i_v = pid % NV
+    i_nh = pid // NV
     i_n = i_nh // HV
     i_hv = i_nh % HV
     i_h = i_hv // (HV // H)
@@ -357,24 +319,28 @@ def state_recurrence_kernel(
         i_b = i_n * 0
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
         eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+        if FUSE_OUTPUT:
+            c0 = i_n * 0
+        else:
+            c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
     else:
         i_b = i_n
         bos = i_n * 0
         eos = T.to(tl.int64) + 0 * i_n
         c0 = i_n * 0
     dt = w_buf.dtype.element_ty
+    MK: tl.constexpr = K != BK          # pad columns of K to mask
+    MV: tl.constexpr = V % BV != 0      # pad columns of V to mask
     o_t = tl.arange(0, BT)
-    v0 = (i_v * BV).to(tl.int32)
-    # the state tile: [BK, BV] ("kv") or [BV, BK] ("vk") of one [K, V] / [V, K] block
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    # the state tile [BK, BV] and its element offsets in a [K, V] / [V, K] block
     if STATE_VK:
-        b_h = tl.zeros([BV, BK], dtype=tl.float32)
+        off_s = o_v[None, :] * K + o_k[:, None]
     else:
-        b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if STATE_VK:
-        off_s, m_s = _tile(BV, BK, v0, K, V, 0, K)
-    else:
-        off_s, m_s = _tile(BK, BV, 0, V, K, v0, V)
+        off_s = o_k[:, None] * V + o_v[None, :]
+    m_s = (o_k < K)[:, None] & (o_v < V)[None, :]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_H0:
         b_h += tl.load(h0 + i_nh * K * V + off_s, mask=m_s, other=0.0).to(tl.float32)
 
@@ -386,72 +352,65 @@ def state_recurrence_kernel(
     obase = o + i_b * s_ob + i_hv * s_oh
     wbase = w_buf + rowbase * K
     ubase = u_buf + rowbase * V
+    Sbase = S_buf + rowbase * BT
+    vnbase = vnew_out + rowbase * V
     n_chunks = tl.cdiv(eos - bos, BT)
     for c in range(0, n_chunks):
+        t0 = bos + c * BT
+        rows = t0 + o_t                  # int64 token rows of the chunk
+        m_t = rows < eos
+        b_w = _rows(wbase, rows, m_t, K, o_k, MK, K)
+        b_k = _rows(kbase, rows, m_t, s_kt, o_k, MK, K).to(dt)
+        last = tl.minimum(t0 + BT, eos) - 1
+        g_last = tl.load(gc_buf + rowbase + last)
+        b_g = tl.load(gc_buf + rowbase + rows, mask=m_t, other=0.0)
+        b_kscale = tl.exp(g_last - b_g)
+        if L2NORM:
+            b_rk = tl.load(rk_buf + krowbase + rows, mask=m_t, other=0.0)
+            b_kscale = b_kscale * b_rk
+        if FUSE_OUTPUT:
+            b_q = _rows(qbase, rows, m_t, s_qt, o_k, MK, K).to(dt)
+            b_S = _rows(Sbase, rows, m_t, BT, o_t, False, BT)
+            b_qscale = tl.exp(b_g) * scale
+            if L2NORM:
+                b_qscale = b_qscale * tl.load(rq_buf + krowbase + rows, mask=m_t, other=0.0)
         b_hd = b_h.to(dt)
         if not FUSE_OUTPUT:
             tl.store(hbase + c * K * V + off_s, b_hd, mask=m_s)
-        t0 = bos + c * BT
-        tok = t0 + o_t
-        m_t = tok < eos
-        b_w = _load_tile(wbase, t0, eos, K, K, BT, BK, False)
-        off_tv, m_tv = _tile(BT, BV, 0, V, (eos - t0).to(tl.int32), v0, V)
-        b_u = tl.load(ubase + t0 * V + off_tv, mask=m_tv, other=0.0).to(tl.float32)
-        b_k = _load_tile(kbase, t0, eos, s_kt, K, BT, BK, False).to(dt)
-        if STATE_VK:
-            b_vn = b_u - tl.dot(b_w, tl.trans(b_hd), input_precision=PRECISION)
-        else:
-            b_vn = b_u - tl.dot(b_w, b_hd, input_precision=PRECISION)
+        b_vn = _rows(ubase, rows, m_t, V, o_v, MV, V).to(tl.float32)         # [BT, BV]
+        b_vn -= tl.dot(b_w, b_hd, input_precision=PRECISION)
         b_vnd = b_vn.to(dt)
-        last = tl.minimum(t0 + BT, eos) - 1
-        g_last = tl.load(gc_buf + rowbase + last)
-        b_g = tl.load(gc_buf + rowbase + tok, mask=m_t, other=0.0)
-        b_kscale = tl.exp(g_last - b_g)
-        if L2NORM:
-            b_rk = tl.load(rk_buf + krowbase + tok, mask=m_t, other=0.0)
-            b_kscale = b_kscale * b_rk
+        p_out = rows[:, None] * s_ot + o_v[None, :]
+        m_out = m_t[:, None] & (o_v < V)[None, :]
         if FUSE_OUTPUT:
-            b_q = _load_tile(qbase, t0, eos, s_qt, K, BT, BK, False).to(dt)
-            if STATE_VK:
-                b_o = tl.dot(b_q, tl.trans(b_hd), input_precision=PRECISION)
-            else:
-                b_o = tl.dot(b_q, b_hd, input_precision=PRECISION)
-            b_qscale = tl.exp(b_g)
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
-            b_dec = tl.exp(b_g[:, None] - b_g[None, :])
-            if L2NORM:
-                b_rq = tl.load(rq_buf + krowbase + tok, mask=m_t, other=0.0)
-                b_qscale = b_qscale * b_rq
-                b_dec = b_dec * b_rq[:, None] * b_rk[None, :]
+            b_o = tl.dot(b_q, b_hd, input_precision=PRECISION)             # [BT, BV]
             b_o = b_o * b_qscale[:, None]
-            causal = (o_t[:, None] >= o_t[None, :]) & m_t[None, :]
-            b_s = tl.where(causal, b_s * b_dec, 0.0)
-            b_o += tl.dot(b_s.to(dt), b_vnd, input_precision=PRECISION)
-            off_o, _ = _tile(BT, BV, 0, s_ot, 0, v0, V)
-            tl.store(obase + t0 * s_ot + off_o, (b_o * scale).to(o.dtype.element_ty),
-                     mask=m_tv)
+            b_o += tl.dot(b_S, b_vnd, input_precision=PRECISION)
+            tl.store(obase + p_out, b_o.to(o.dtype.element_ty), mask=m_out)
         else:
-            tl.store(vnew_out + (rowbase + t0) * V + off_tv, b_vnd, mask=m_tv)
-        b_vn = tl.where(m_t[:, None], b_vn * b_kscale[:, None], 0.0).to(dt)
+            tl.store(vnbase + rows[:, None] * V + o_v[None, :], b_vnd, mask=m_out)
+        b_vs = (b_vn * b_kscale[:, None]).to(dt)
         b_h = b_h * tl.exp(g_last)
-        if STATE_VK:
-            b_h += tl.dot(tl.trans(b_vn), b_k, input_precision=PRECISION)
-        else:
-            b_h += tl.dot(tl.trans(b_k), b_vn, input_precision=PRECISION)
+        b_h += tl.dot(tl.trans(b_k), b_vs, input_precision=PRECISION)
     if STORE_FINAL:
         tl.store(ht + i_nh * K * V + off_s, b_h.to(ht.dtype.element_ty), mask=m_s)
 
 
 @triton.jit(do_not_specialize=["T"])
 def output_kernel(
-    q, k, vnew_buf, h_buf, gc_buf, rq_buf, rk_buf, o, cu_seqlens, chunk_indices, scale,
-    T, NT, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_ob, s_ot, s_oh, H, HV,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, STATE_VK: tl.constexpr, L2NORM: tl.constexpr,
-    IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+    q, vnew_buf, h_buf, S_buf, gc_buf, rq_buf, o, cu_seqlens, chunk_indices, scale,
+    T, NT, BATCH, s_qb, s_qt, s_qh, s_ob, s_ot, s_oh, H, HV,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    STATE_VK: tl.constexpr, L2NORM: tl.constexpr, IS_VARLEN: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    i_v = tl.program_id(0).to(tl.int64)
-    i_t = tl.program_id(1).to(tl.int64)
-    i_bh = tl.program_id(2).to(tl.int64)
+    """``o = exp(gc) rq scale (q h) + S v_new`` of one chunk and V block (``S``: the
+    decay-masked intra-chunk attention from ``gate_cumsum_kkt_kernel``)."""
+    NV: tl.constexpr = (V + BV - 1) // BV
+    pid = tl.program_id(0).to(tl.int64)      # V block, then value head, then chunk
+    i_v = pid % NV
+    i_bh = (pid // NV) % (BATCH * HV)
+    i_t = pid // NV // (BATCH * HV)
     i_b = i_bh // HV
     i_hv = i_bh % HV
     i_h = i_hv // (HV // H)
@@ -460,45 +419,35 @@ def output_kernel(
         return
     dt = vnew_buf.dtype.element_ty
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    tok = tok0 + o_t
-    m_t = tok < eos
-    row = (i_b * HV + i_hv) * T + tok
+    nv = (eos - tok0).to(tl.int32)
+    m_t = o_t < nv
+    v0 = (i_v * BV).to(tl.int32)
+    row0 = (i_b * HV + i_hv) * T + tok0
 
-    b_q = _load_rows(q + i_b * s_qb + i_h * s_qh, tok, m_t, s_qt, o_k, K, False).to(dt)
-    b_k = _load_rows(k + i_b * s_kb + i_h * s_kh, tok, m_t, s_kt, o_k, K, False).to(dt)
+    b_q = _load_tile(q + i_b * s_qb + i_h * s_qh, tok0, eos, s_qt, K, BT, BK).to(dt)
     # the state at the start of this chunk (grid slot i_t is the chunk's global index)
     hb = h_buf + ((i_b * HV + i_hv) * NT + i_t) * K * V
     if STATE_VK:
-        b_h = tl.load(hb + o_v[:, None] * K + o_k[None, :], mask=m_v[:, None] & m_k[None, :],
-                      other=0.0)
+        off_h, m_h = _tile(BV, BK, v0, K, V, 0, K)
+        b_h = tl.load(hb + off_h, mask=m_h, other=0.0)
         b_o = tl.dot(b_q, tl.trans(b_h), input_precision=PRECISION)
     else:
-        b_h = tl.load(hb + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
-                      other=0.0)
+        off_h, m_h = _tile(BK, BV, 0, V, K, v0, V)
+        b_h = tl.load(hb + off_h, mask=m_h, other=0.0)
         b_o = tl.dot(b_q, b_h, input_precision=PRECISION)
-    b_g = tl.load(gc_buf + row, mask=m_t, other=0.0)
-    b_qscale = tl.exp(b_g)
-    b_dec = tl.exp(b_g[:, None] - b_g[None, :])
+    b_qscale = tl.exp(tl.load(gc_buf + row0 + o_t, mask=m_t, other=0.0)) * scale
     if L2NORM:
-        krow = (i_b * H + i_h) * T + tok
-        b_rq = tl.load(rq_buf + krow, mask=m_t, other=0.0)
-        b_rk = tl.load(rk_buf + krow, mask=m_t, other=0.0)
-        b_qscale = b_qscale * b_rq
-        b_dec = b_dec * b_rq[:, None] * b_rk[None, :]
+        b_qscale = b_qscale * tl.load(rq_buf + (i_b * H + i_h) * T + tok0 + o_t, mask=m_t,
+                                      other=0.0)
     b_o = b_o * b_qscale[:, None]
-    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
-    causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]
-    b_s = tl.where(causal, b_s * b_dec, 0.0)
-    b_vn = tl.load(vnew_buf + row[:, None] * V + o_v[None, :],
-                   mask=m_t[:, None] & m_v[None, :], other=0.0)
-    b_o += tl.dot(b_s.to(dt), b_vn, input_precision=PRECISION)
-    b_o = b_o * scale
-    tl.store(o + i_b * s_ob + tok[:, None] * s_ot + i_hv * s_oh + o_v[None, :],
-             b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+    off_s, m_s = _tile(BT, BT, 0, BT, nv, 0, BT)
+    b_S = tl.load(S_buf + row0 * BT + off_s, mask=m_s, other=0.0)
+    off_v, m_v = _tile(BT, BV, 0, V, nv, v0, V)
+    b_vn = tl.load(vnew_buf + row0 * V + off_v, mask=m_v, other=0.0)
+    b_o += tl.dot(b_S, b_vn, input_precision=PRECISION)
+    off_o, _ = _tile(BT, BV, 0, s_ot, nv, v0, V)
+    tl.store(o + i_b * s_ob + tok0 * s_ot + i_hv * s_oh + off_o,
+             b_o.to(o.dtype.element_ty), mask=m_v)
 
 
 # -- ahead-of-time compilation specs ------------------------------------------------------
@@ -507,11 +456,13 @@ _TY = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 
 def aot_specs(arch: str) -> list[dict[str, Any]]:
     """One spec per kernel and configuration used on ``arch`` (K = V = 128, the Qwen3-Next
-    head size; fp16 and bf16 inputs, varlen, both state layouts, every gating flag on)."""
+    head size; fp16 and bf16 inputs, varlen, both state layouts, every gating flag on; the
+    scans at every V block the config can pick)."""
     cfg = prefill_config(arch)
     target = "hip" if arch.startswith("gfx") else "cuda"
     BK = BV = 128
     dims = {"H": "i32", "HV": "i32"}
+    prec, solve_prec = cfg.precisions(True)
     specs: list[dict[str, Any]] = []
     for dname in ("bf16", "fp16"):
         x = _TY[dname]
@@ -521,52 +472,55 @@ def aot_specs(arch: str) -> list[dict[str, Any]]:
         cons: dict[str, Any] = {
             "K": 128, "BK": BK, "BT": CHUNK_SIZE, "HAS_G": True, "GATE_IN_KERNEL": True,
             "HAS_DT_BIAS": True, "HAS_BETA": True, "BETA_SIGMOID": True, "NEG_EIGVAL": False,
-            "L2NORM": True, "IS_VARLEN": True, "PRECISION": "ieee"}
+            "L2NORM": True, "IS_VARLEN": True, "PRECISION": prec}
         sig = {"q": x, "k": x, "g": x, "beta": x, "A_log": f32, "dt_bias": f32,
-               "gc_out": f32, "beta_out": f32, "A_out": x, "rq_out": f32, "rk_out": f32,
-               "cu_seqlens": "*i32", "chunk_indices": "*i32", "T": "i32", **strides_q,
-               **strides_k, **dims}
+               "gc_out": f32, "beta_out": f32, "A_out": x, "S_out": x, "rq_out": f32,
+               "rk_out": f32, "cu_seqlens": "*i32", "chunk_indices": "*i32",
+               "scale": "fp32", "T": "i32", "BATCH": "i32", **strides_q, **strides_k,
+               **dims}
         sig.update({n: "constexpr" for n in cons})
         specs.append(_spec(f"gate_cumsum_kkt_{dname}", gate_cumsum_kkt_kernel, sig, cons,
                            cfg.kkt, target))
 
         cons = {"K": 128, "V": 128, "BK": BK, "BV": BV, "BT": CHUNK_SIZE, "L2NORM": True,
-                "IS_VARLEN": True,
-                "STORE_AI": False, "PRECISION": "ieee"}
+                "IS_VARLEN": True, "STORE_AI": False, "PRECISION": prec,
+                "SOLVE_PRECISION": solve_prec}
         sig = {"k": x, "v": x, "gc_buf": f32, "beta_buf": f32, "A_buf": x, "rk_buf": f32,
-               "w_out": x,
-               "u_out": x, "Ai_out": x, "cu_seqlens": "*i32", "chunk_indices": "*i32",
-               "T": "i32", **strides_k, "s_vb": "i64", "s_vt": "i64", "s_vh": "i64", **dims}
+               "w_out": x, "u_out": x, "Ai_out": x, "cu_seqlens": "*i32",
+               "chunk_indices": "*i32", "T": "i32", "BATCH": "i32", **strides_k,
+               "s_vb": "i64", "s_vt": "i64", "s_vh": "i64", **dims}
         sig.update({n: "constexpr" for n in cons})
         specs.append(_spec(f"solve_wu_{dname}", solve_wu_kernel, sig, cons, cfg.solve, target))
 
         for vk in (False, True):
             variant = "opt_vk" if vk else "opt"
             for fused in (False, True):
-                launch = cfg.fused if fused else cfg.state
-                cons = {"K": 128, "V": 128, "BK": BK,
-                        "BV": cfg.fused_bv if fused else cfg.state_bv, "BT": CHUNK_SIZE,
-                        "STATE_VK": vk, "HAS_H0": True, "STORE_FINAL": True,
-                        "FUSE_OUTPUT": fused, "L2NORM": True, "IS_VARLEN": True,
-                        "PRECISION": "ieee"}
-                sig = {"q": x, "k": x, "w_buf": x, "u_buf": x, "gc_buf": f32, "rq_buf": f32,
-                       "rk_buf": f32, "h_out": x,
-                       "vnew_out": x, "o": x, "h0": f32, "ht": f32, "cu_seqlens": "*i32",
-                       "chunk_offsets": "*i32", "scale": "fp32", "T": "i32", "NT": "i32",
-                       "s_qb": "i64", "s_qt": "i64", "s_qh": "i64", **strides_k,
-                       "s_ob": "i64", "s_ot": "i64", "s_oh": "i64", **dims}
-                sig.update({n: "constexpr" for n in cons})
-                kind = "state_output_fused" if fused else "state_recurrence"
-                specs.append(_spec(f"{kind}_{variant}_{dname}", state_recurrence_kernel,
-                                   sig, cons, launch, target))
+                fixed = cfg.fused_bv if fused else cfg.state_bv
+                bvs = [fixed] if fixed is not None else [
+                    b for b in (16, 32, 64, 128) if b <= cfg.state_bv_max]
+                for bv in bvs:
+                    cons = {"K": 128, "V": 128, "BK": BK, "BV": bv, "BT": CHUNK_SIZE,
+                            "STATE_VK": vk, "HAS_H0": True, "STORE_FINAL": True,
+                            "FUSE_OUTPUT": fused, "L2NORM": True, "IS_VARLEN": True,
+                            "PRECISION": prec}
+                    sig = {"q": x, "k": x, "w_buf": x, "u_buf": x, "S_buf": x,
+                           "gc_buf": f32, "rq_buf": f32, "rk_buf": f32, "h_out": x, "vnew_out": x, "o": x, "h0": f32,
+                           "ht": f32, "cu_seqlens": "*i32", "chunk_offsets": "*i32",
+                           "scale": "fp32", "T": "i32", "NT": "i32", **strides_q,
+                           **strides_k, "s_ob": "i64", "s_ot": "i64", "s_oh": "i64", **dims}
+                    sig.update({n: "constexpr" for n in cons})
+                    kind = "state_output_fused" if fused else "state_recurrence"
+                    suffix = "" if fixed is not None else f"_BV{bv}"
+                    specs.append(_spec(f"{kind}_{variant}_{dname}{suffix}",
+                                       state_recurrence_kernel, sig, cons,
+                                       cfg.scan_launch(fused, BK, bv), target))
 
-            cons = {"K": 128, "V": 128, "BK": BK, "BV": cfg.output_bv, "BT": CHUNK_SIZE, "STATE_VK": vk,
-                    "L2NORM": True, "IS_VARLEN": True, "PRECISION": "ieee"}
-            sig = {"q": x, "k": x, "vnew_buf": x, "h_buf": x, "gc_buf": f32, "rq_buf": f32,
-                   "rk_buf": f32, "o": x,
-                   "cu_seqlens": "*i32", "chunk_indices": "*i32", "scale": "fp32",
-                   "T": "i32", "NT": "i32", "s_qb": "i64", "s_qt": "i64", "s_qh": "i64",
-                   **strides_k, "s_ob": "i64", "s_ot": "i64", "s_oh": "i64", **dims}
+            cons = {"K": 128, "V": 128, "BK": BK, "BV": cfg.output_bv, "BT": CHUNK_SIZE,
+                    "STATE_VK": vk, "L2NORM": True, "IS_VARLEN": True, "PRECISION": prec}
+            sig = {"q": x, "vnew_buf": x, "h_buf": x, "S_buf": x, "gc_buf": f32,
+                   "rq_buf": f32, "o": x, "cu_seqlens": "*i32", "chunk_indices": "*i32",
+                   "scale": "fp32", "T": "i32", "NT": "i32", "BATCH": "i32", **strides_q,
+                   "s_ob": "i64", "s_ot": "i64", "s_oh": "i64", **dims}
             sig.update({n: "constexpr" for n in cons})
             specs.append(_spec(f"output_{variant}_{dname}", output_kernel, sig, cons,
                                cfg.output, target))
@@ -576,9 +530,14 @@ def aot_specs(arch: str) -> list[dict[str, Any]]:
 def _spec(name: str, fn: Any, signature: dict[str, str], constexprs: dict[str, Any],
           launch: Any, target: str) -> dict[str, Any]:
     opts = launch.compile_options(target)
+    # pointers 16-byte aligned and strides multiples of 16 elements, as Triton's JIT
+    # specializes them for the usual (contiguous or packed-projection) inputs
+    div16 = [["tt.divisibility", 16]]
+    attrs = {n: div16 for n, ty in signature.items()
+             if ty.startswith("*") or (n.startswith("s_") and ty in ("i32", "i64"))}
     spec: dict[str, Any] = {"name": name, "fn": fn, "signature": signature,
                             "constexprs": constexprs, "num_warps": opts.pop("num_warps"),
-                            "num_stages": opts.pop("num_stages")}
+                            "num_stages": opts.pop("num_stages"), "attrs": attrs}
     if opts:
         spec["options"] = opts
     return spec

@@ -69,43 +69,94 @@ class KernelLaunch:
 
 @dataclass(frozen=True)
 class PrefillConfig:
-    """Config of the head-major chunked prefill (four kernels)."""
+    """Config of the head-major chunked prefill (four kernels, or three with the fused scan).
+
+    Dot precisions (Triton ``input_precision`` of products whose operands are float32; products
+    of fp16 / bf16 operands ignore it): ``solve_precision`` for the float32 products of the
+    triangular solve with half inputs, ``fp32_precision`` for every product with fp32 inputs
+    (fp32 intermediates).  NVIDIA: "tf32" (tensor cores) for the solve, "tf32x3" (about fp32
+    accuracy) for fp32 inputs, like the Triton-CUDA pipeline; AMD: "ieee" (native fp32 MFMA).
+    """
 
     name: str
     chunk_size: int = CHUNK_SIZE
     kkt: KernelLaunch = field(default_factory=KernelLaunch)
     solve: KernelLaunch = field(default_factory=KernelLaunch)
     state: KernelLaunch = field(default_factory=KernelLaunch)
-    state_bv: int = 64          # V block of the state recurrence
+    # V block of the state scan; None: picked per call from the number of (sequence, head)
+    # chains so that at least ``programs_per_cu`` programs per CU / SM run (``pick_bv``)
+    state_bv: int | None = 64
+    state_bv_max: int = 64
+    programs_per_cu: float = 1.5
     output: KernelLaunch = field(default_factory=KernelLaunch)
     output_bv: int = 64         # V block of the output kernel
     # state scan with the output fused in (no h / v_new round trip through memory):
-    # "always", "never", or "auto" = when the scan alone has at least ``fuse_min_waves`` waves
-    # of programs on the device's CUs/SMs (the memory traffic saved should then win over the
-    # longer sequential step)
-    # Off by default: on the H100 (Triton 3.6) the fused kernel passed the GPU tests at
-    # K, V <= 32 but hit an illegal memory access at K = V = 128 (1 x 4096 benchmark), while
-    # the interpreter gives correct results at K = V = 128; opt in only after that is fixed.
+    # "always", "never", or "auto" = when the scan at its widest V block (``state_bv_max``)
+    # already has at least ``fuse_min_waves`` waves of programs on the device's CUs / SMs (the
+    # memory traffic saved then wins; with few chains the split scan's shorter sequential
+    # step and the parallel output kernel win)
     fused: KernelLaunch = field(default_factory=lambda: KernelLaunch(8, 2))
-    fused_bv: int = 64
+    fused_bv: int | None = 64   # None: ``pick_bv`` as for the split scan
+    # warps of either scan when its state tile has more than ``scan_wide`` elements (None:
+    # the launch as given); the fused scan's extra operands need them at BV = 64
+    scan_warps_wide: int | None = None
+    scan_wide: int = 128 * 32
     fuse_output: str = "never"
     fuse_min_waves: float = 1.0
+    solve_precision: str = "ieee"
+    fp32_precision: str = "ieee"
 
     def __post_init__(self) -> None:
         if self.chunk_size != CHUNK_SIZE:
             raise ValueError(f"triton_rocm prefill supports chunk_size={CHUNK_SIZE} only; "
                              f"config {self.name!r} asks for chunk_size={self.chunk_size}")
+        if self.fuse_output not in ("always", "never", "auto"):
+            raise ValueError(f"fuse_output must be 'always', 'never' or 'auto', "
+                             f"not {self.fuse_output!r}")
 
     def with_chunk_size(self, chunk_size: int) -> PrefillConfig:
         """A copy with another chunk size (raises unless it is 64)."""
         return dataclasses.replace(self, chunk_size=chunk_size)
 
-    def use_fused(self, scan_programs: int, compute_units: int) -> bool:
-        """Whether a call whose unfused scan has ``scan_programs`` programs runs the fused
+    def precisions(self, half: bool) -> tuple[str, str]:
+        """``(dot precision, solve precision)`` for half (fp16 / bf16) or fp32 intermediates."""
+        if half:
+            return "ieee", self.solve_precision
+        return self.fp32_precision, self.fp32_precision
+
+    def pick_bv(self, bv: int | None, V: int, chains: int, compute_units: int) -> int:
+        """V block of a scan over ``chains`` (sequence, value head) chains: ``bv`` if fixed,
+        else the widest power of two <= ``state_bv_max`` that still gives at least
+        ``programs_per_cu`` programs per CU / SM (not below 16)."""
+        vp = max(16, 1 << max(0, (int(V) - 1).bit_length()))
+        if bv is not None:
+            return min(bv, vp)
+        want = self.programs_per_cu * max(compute_units, 1)
+        out = min(vp, self.state_bv_max)
+        while out > 16 and chains * -(-V // out) < want:
+            out //= 2
+        return out
+
+    def scan_bv(self, fused: bool, V: int, chains: int, compute_units: int) -> int:
+        """V block of the (fused or split) state scan for this call."""
+        return self.pick_bv(self.fused_bv if fused else self.state_bv, V, chains,
+                            compute_units)
+
+    def scan_launch(self, fused: bool, BK: int, BV: int) -> KernelLaunch:
+        """Launch of the (fused or split) scan with a ``[BK, BV]`` state tile."""
+        kl = self.fused if fused else self.state
+        if self.scan_warps_wide is not None and BK * BV > self.scan_wide:
+            kl = dataclasses.replace(kl, num_warps=self.scan_warps_wide)
+        return kl
+
+    def use_fused(self, chains: int, V: int, compute_units: int) -> bool:
+        """Whether a call with ``chains`` (sequence, value head) chains runs the fused
         state + output kernel (see ``fuse_output``)."""
         if self.fuse_output in ("always", "never"):
             return self.fuse_output == "always"
-        return scan_programs >= self.fuse_min_waves * max(compute_units, 1)
+        widest = min(max(16, 1 << max(0, (int(V) - 1).bit_length())), self.state_bv_max)
+        programs = chains * -(-V // widest)
+        return programs >= self.fuse_min_waves * max(compute_units, 1)
 
 
 def _hip(waves_per_eu: int, nonkdim: int | None = 16) -> tuple[tuple[str, Any], ...]:
@@ -138,20 +189,28 @@ _PREFILL: dict[str, PrefillConfig] = {
         fused=KernelLaunch(4, 1, _hip(1)),
         fused_bv=64,
     ),
-    # NVIDIA (forced) and the interpreter: 8 warps (256 threads, as 4 wave64 warps on AMD)
-    # keep the [64, 128] tiles of every kernel free of spills on sm_90 (the fused scan at
-    # BV=32 still spills a little there; the sweep in benchmarks/bench_rocm_prefill.py
-    # compares it with the split scan)
+    # NVIDIA (forced) and the interpreter: tensor-core precisions like the Triton-CUDA
+    # pipeline; V blocks of the scans picked from the number of chains (pick_bv); the fused
+    # scan once the chains fill the SMs at BV = 64 (H100: from 4 x 4096 tokens, 32 heads;
+    # one 4096-token sequence runs the split scan at BV = 16).  Wide scans (BV = 64) take 8
+    # warps (no spills on sm_90).  H100 sweep (opt only, Triton 3.6): 4 warps there (32 B of
+    # spills on sm_90, 144 B for opt_vk) ran faster: 4 x 16384 3.18 vs 3.70 ms, 4 x 4096
+    # 0.83 vs 0.96 ms, 32 x 512 0.87 vs 1.00 ms; scan_warps_wide=None selects it once opt_vk
+    # is measured and tested there too
     "generic": PrefillConfig(
         name="generic",
-        kkt=KernelLaunch(8, 2),
-        solve=KernelLaunch(8, 2),
-        state=KernelLaunch(8, 2),
-        state_bv=64,
+        kkt=KernelLaunch(4, 1),
+        solve=KernelLaunch(4, 1),
+        state=KernelLaunch(4, 2),
+        state_bv=None,
         output=KernelLaunch(8, 2),
-        output_bv=128,  # H100 sweep, 1 x 4096: 0.665 ms vs 0.700 ms with BV=64
-        fused=KernelLaunch(8, 1),
-        fused_bv=32,
+        output_bv=128,
+        fused=KernelLaunch(4, 2),
+        fused_bv=None,
+        scan_warps_wide=8,
+        fuse_output="auto",
+        solve_precision="tf32",
+        fp32_precision="tf32x3",
     ),
 }
 
@@ -275,7 +334,7 @@ def describe_config(op: str, probe: DeviceProbe, state_v_first: bool = False) ->
         because = ("state_v_first=True: state and per-chunk h kept [V, K]" if state_v_first
                    else "state_v_first=False: state and per-chunk h kept [K, V]")
         return (f"prefill variant {variant} ({because}); config {cfg.name} ({why}): "
-                f"chunk {cfg.chunk_size}, state BV={cfg.state_bv} "
+                f"chunk {cfg.chunk_size}, state BV={cfg.state_bv or 'auto'} "
                 f"warps={cfg.state.num_warps}, output BV={cfg.output_bv}; output fused into "
                 f"the scan: {cfg.fuse_output}")
     if op in ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update",
