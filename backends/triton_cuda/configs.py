@@ -41,8 +41,11 @@ RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     ("sm_90", False, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
                           "medium": RecurrentConfig(BV=32, num_warps=2),
                           "large": RecurrentConfig(BV=64, num_warps=2)},
-    ("sm_90", True, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
-                         "medium": RecurrentConfig(BV=16, num_warps=2),
+    # vk small / medium: one-warp programs (H100, 2026-11-25 14:57 UTC, fraction of copy
+    # bandwidth through the launcher: B=8 BV=8 w1 0.831 vs BV=16 w2 0.739 (fla 0.780);
+    # B=32 BV=16 w1 0.894 vs 0.860 (fla 0.874), HV=64 B=32 0.957 vs 0.930 (fla 0.932))
+    ("sm_90", True, 4): {"small": RecurrentConfig(BV=8, num_warps=1),
+                         "medium": RecurrentConfig(BV=16, num_warps=1),
                          "large": RecurrentConfig(BV=64, num_warps=4)},
     # 16-bit states, medium/large: the tile stays in the state dtype in registers
     # (``packed``), one warp per program (no cross-warp reductions: no barriers), registers
@@ -56,17 +59,21 @@ RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     ("sm_90", False, 2): {"small": RecurrentConfig(BV=32, num_warps=2),
                           "medium": dataclasses.replace(_PACKED_KV, evict=_EVICT),
                           "large": _PACKED_KV},
-    ("sm_90", True, 2): {"small": RecurrentConfig(BV=16, num_warps=2),
+    # small (same sweep, B=8): packed BV=16 w1 cap 104 0.711 vs BV=16 w2 0.565 (with
+    # evict-first 0.739, but then the pool / packed-decode variants spill 12-36 B on sm_100)
+    ("sm_90", True, 2): {"small": _PACKED_VK,
                          "medium": dataclasses.replace(_PACKED_VK, evict=_EVICT),
                          "large": _PACKED_VK},
 }
 
 # sm_100 (untuned, like sm_80): the sm_90 entries, with the kv register cap raised to what
 # ptxas needs there without spills (the pool / packed-decode variants spill up to 224)
+# (kv: 232; vk: 128, where the pool / packed-decode variants spill 12-36 B at 104)
+_SM100_CAP = {False: 232, True: 128}
 for (_arch, _v_first, _elem), _row in list(RECURRENT_TABLE.items()):
     RECURRENT_TABLE[("sm_100", _v_first, _elem)] = {
-        bucket: (dataclasses.replace(cfg, options=(("maxnreg", 232),))
-                 if cfg.packed and not _v_first and _elem == 2 else cfg)
+        bucket: (dataclasses.replace(cfg, options=(("maxnreg", _SM100_CAP[_v_first]),))
+                 if cfg.packed and _elem == 2 else cfg)
         for bucket, cfg in _row.items()}
 
 _SMALL_PER_SM, _MEDIUM_PER_SM = 4, 32
