@@ -107,7 +107,7 @@ def _key_fn(spec: OpSpec) -> Callable[[Sequence[Any], str | None], tuple]:
 def _should_check_values(dev_tensor: torch.Tensor) -> bool:
     if not dev_tensor.is_cuda:
         return True
-    if registry.env_get("GDN_CHECK_VALUES") not in ("1", "true", "True", "yes"):
+    if registry.env_get("GDN_CHECK_VALUES") not in _TRUE:
         return False
     return not torch.cuda.is_current_stream_capturing()
 
@@ -131,23 +131,36 @@ def _decide(spec: OpSpec, args: Sequence[Any], forced: str | None,
 def run(spec: OpSpec, args: tuple) -> Any:
     """Validate (cached), select (cached), value-check (CPU or opt-in) and run one call."""
     name = spec.name
-    forced, source = registry.forced_backend_name(name)
+    if _USE_ACTIVE[0]:  # some thread is inside use_backend: the full lookup
+        forced, source = registry.forced_backend_name(name)
+    else:  # inline of registry.forced_backend_name (same order; source only when needed)
+        forced = _env_get(_ENV_KEYS[name]) or _env_get("GDN_BACKEND") or None
+        source = None
     guards = _GUARDS.get(name)
     if guards and not _SIM_ACTIVE[0] and guards[0][0](args, forced):
         entry = guards[0][1]  # the op's most recent decision (the common case)
     else:
-        entry = fast_path.match(name, args, forced) or _slow_decision(spec, args, forced,
-                                                                      source)
+        entry = fast_path.match(name, args, forced)
+        if entry is None:
+            if forced is not None and source is None:
+                forced, source = registry.forced_backend_name(name)
+            entry = _slow_decision(spec, args, forced, source)
     impl, meta, check_values, scale = entry
-    if check_values and (check_values == fast_path.VALUES_ALWAYS
-                         or _should_check_values(args[spec.device_arg])):
-        spec.values(args)
+    if check_values and (check_values == _VALUES_ALWAYS or (
+            _env_get("GDN_CHECK_VALUES") in _TRUE
+            and not torch.cuda.is_current_stream_capturing())):
+        spec.values(args)  # CPU tensors always; CUDA ones (VALUES_OPT_IN) on request
     if scale is not None:
         i = spec.scale_arg
         args = (*args[:i], scale, *args[i + 1:])
     return impl(*args, meta=meta)
 
 
+_env_get = registry.env_get
+_ENV_KEYS = registry._ENV_KEYS
+_USE_ACTIVE = registry._USE_ACTIVE
+_VALUES_ALWAYS = fast_path.VALUES_ALWAYS
+_TRUE = frozenset(("1", "true", "True", "yes"))
 _GUARDS = fast_path._MEMO
 _SIM_ACTIVE = SIM_ACTIVE
 
