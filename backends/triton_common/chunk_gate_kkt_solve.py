@@ -9,7 +9,7 @@ serves).  The program
    the in-chunk cumulative sum ``G`` of ``g`` (the gate cumsum is fused here);
 2. forms ``A = strict_tril(beta_i exp(G_i - G_j) k_i.k_j)`` from ``k k^T`` (l2-normalisation
    enters as row/column scalings of the Gram matrix, normalised k is never materialised);
-3. inverts ``I + A``: the four 16x16 diagonal blocks by right-looking forward substitution
+3. inverts ``I + A`` (``triangular.unit_lower_inverse``): the four 16x16 diagonal blocks by right-looking forward substitution
    in registers (all four at once as a ``[4, 16, 16]`` tensor), then the strictly
    block-lower part by the finite series ``(I + A)^-1 = (I - M)(I + M^2) Di`` with
    ``Di`` the block-diagonal inverse and ``M = Di L`` (``M^4 = 0``): four 64x64
@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .chunk_rows import chunk_row_bounds
+from .triangular import unit_lower_inverse
 
 __all__ = ["chunk_gate_kkt_solve_kernel", "NUM_PLANES", "aot_specs"]
 
@@ -52,7 +53,6 @@ def chunk_gate_kkt_solve_kernel(
     i_c = pid // HV
     i_hv = pid % HV
     i_h = i_hv // G
-    NB: tl.constexpr = CHUNK // 16
     bos, eos = chunk_row_bounds(i_c, chunk_table, T, CHUNK, IS_VARLEN)
 
     o_t = tl.arange(0, CHUNK)
@@ -77,17 +77,7 @@ def chunk_gate_kkt_solve_kernel(
     else:
         rk = tl.full([CHUNK], 1.0, tl.float32)
 
-    # index helpers for the triangular solve
     strict = o_t[:, None] > o_t[None, :]
-    eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
-    blk = o_t // 16
-    block_lower = blk[:, None] > blk[None, :]
-    o_b = tl.arange(0, NB)
-    same_block = o_b[:, None, None, None] == o_b[None, None, :, None]      # [NB, 1, NB, 1]
-    o_r = tl.arange(0, 16)
-    row16 = o_r[None, :, None]                                             # [1, 16, 1]
-    col16 = o_r[None, None, :]                                             # [1, 1, 16]
-    eye16 = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
 
     p_tok = rows * HV + i_hv
     if HAS_G:
@@ -124,24 +114,7 @@ def chunk_gate_kkt_solve_kernel(
     b_A = tl.where(strict, kk * tl.exp(tl.where(strict, gc[:, None] - gc[None, :], 0.0))
                    * b_beta[:, None], 0.0)
 
-    # (1) inverse of the 16x16 diagonal blocks, all NB at once: right-looking forward
-    # substitution (row j of X is final after step j-1; subtract D[:, j] x X[j, :]).  Both
-    # operands are reductions broadcast back along the reduced axis: no layout shuffles.
-    a4 = tl.reshape(b_A, (NB, 16, NB, 16))
-    d3 = tl.sum(tl.where(same_block, a4, 0.0), 2)                      # [NB, 16, 16]
-    x3 = tl.zeros([NB, 16, 16], dtype=tl.float32) + eye16[None, :, :]
-    for j in tl.static_range(0, 15):
-        col = tl.sum(tl.where(col16 == j, d3, 0.0), 2)                 # D[:, :, j]
-        row = tl.sum(tl.where(row16 == j, x3, 0.0), 1)                 # X[:, j, :]
-        x3 = x3 - col[:, :, None] * row[:, None, :]
-    b_Di = tl.reshape(tl.where(same_block, x3[:, :, None, :], 0.0), (CHUNK, CHUNK))
-    # (2) strictly block-lower part: (I + A)^-1 = (I - M)(I + M^2) Di, M = Di L
-    b_L = tl.where(block_lower, b_A, 0.0)
-    b_M = tl.dot(b_Di, b_L, input_precision=SOLVE_PRECISION)
-    b_M2 = tl.dot(b_M, b_M, input_precision=SOLVE_PRECISION)
-    b_IM = eye - b_M
-    b_Q = tl.dot(b_IM, b_M2, acc=b_IM, input_precision=SOLVE_PRECISION)
-    b_inv = tl.dot(b_Q, b_Di, input_precision=SOLVE_PRECISION).to(dt)
+    b_inv = unit_lower_inverse(b_A, CHUNK, SOLVE_PRECISION).to(dt)
     p_out = (i_hv * BT + rows)[:, None] * CHUNK + o_t[None, :]
     tl.store(inv_out + p_out, b_inv, mask=m_t[:, None])
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import triton
 import triton.language as tl
+from gdn_dispatch.backends.triton_common.triangular import unit_lower_inverse
 
 from .configs import CHUNK_SIZE, prefill_config
 
@@ -184,40 +185,6 @@ def gate_cumsum_kkt_kernel(
         tl.store(S_out + row0 * BT + off_a, b_S.to(S_out.dtype.element_ty), mask=m_a)
 
 
-@triton.jit
-def _unit_lower_inverse(b_A, BT: tl.constexpr, PRECISION: tl.constexpr):
-    """``(I + A)^-1`` (float32) of a strictly lower ``[BT, BT]`` float32 ``A``.
-
-    The ``BT / 16`` diagonal 16x16 blocks are inverted together as a ``[NB, 16, 16]`` tensor
-    by right-looking forward substitution in float32 (row j of X is final after step j - 1;
-    subtract ``D[:, j] x X[j, :]``); with ``Di`` their block-diagonal inverse and ``L`` the
-    strictly block-lower part of A, ``M = Di L`` is nilpotent of order ``NB`` (4), so
-    ``(I + A)^-1 = (I - M)(I + M^2) Di`` (four ``BT``-square products at ``PRECISION``)."""
-    NB: tl.constexpr = BT // 16
-    o_t = tl.arange(0, BT)
-    blk = o_t // 16
-    o_b = tl.arange(0, NB)
-    same_block = o_b[:, None, None, None] == o_b[None, None, :, None]      # [NB, 1, NB, 1]
-    o_r = tl.arange(0, 16)
-    row16 = o_r[None, :, None]                                             # [1, 16, 1]
-    col16 = o_r[None, None, :]                                             # [1, 1, 16]
-    eye16 = tl.where(o_r[:, None] == o_r[None, :], 1.0, 0.0)
-    a4 = tl.reshape(b_A, (NB, 16, NB, 16))
-    d3 = tl.sum(tl.where(same_block, a4, 0.0), 2)                          # [NB, 16, 16]
-    x3 = tl.zeros([NB, 16, 16], dtype=tl.float32) + eye16[None, :, :]
-    for j in tl.static_range(0, 15):
-        col = tl.sum(tl.where(col16 == j, d3, 0.0), 2)                     # D[:, :, j]
-        row = tl.sum(tl.where(row16 == j, x3, 0.0), 1)                     # X[:, j, :]
-        x3 = x3 - col[:, :, None] * row[:, None, :]
-    b_Di = tl.reshape(tl.where(same_block, x3[:, :, None, :], 0.0), (BT, BT))
-    b_L = tl.where(blk[:, None] > blk[None, :], b_A, 0.0)
-    b_M = tl.dot(b_Di, b_L, input_precision=PRECISION)
-    b_M2 = tl.dot(b_M, b_M, input_precision=PRECISION)
-    b_IM = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0) - b_M
-    b_Q = tl.dot(b_IM, b_M2, acc=b_IM, input_precision=PRECISION)
-    return tl.dot(b_Q, b_Di, input_precision=PRECISION)
-
-
 @triton.jit(do_not_specialize=["T"])
 def solve_wu_kernel(
     k, v, gc_buf, beta_buf, A_buf, rk_buf, w_out, u_out, Ai_out, cu_seqlens, chunk_indices,
@@ -250,7 +217,7 @@ def solve_wu_kernel(
     # shuffles of the load's layout (and compile about 6x faster)
     eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0).to(b_A.dtype)
     b_A = tl.dot(b_A, eye, input_precision=PRECISION)
-    b_Ai = _unit_lower_inverse(b_A, BT, SOLVE_PRECISION).to(dt)
+    b_Ai = unit_lower_inverse(b_A, BT, SOLVE_PRECISION).to(dt)
     if STORE_AI:
         tl.store(Ai_out + row0 * BT + off_a, b_Ai, mask=m_a)
 
