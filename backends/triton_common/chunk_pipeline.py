@@ -18,7 +18,6 @@ ops on the device (no host synchronisation), sized by the bound ``T // 64 + N``.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,8 @@ import torch
 from .chunk_gate_kkt_solve import NUM_PLANES, chunk_gate_kkt_solve_kernel
 from .chunk_output_operator import chunk_output_operator_kernel
 from .chunk_state_output import chunk_state_output_kernel, chunk_state_output_vt_kernel
-from .launch import CachedLauncher, LaunchPlan, fast_empty
+from .launch import CachedLauncher, LaunchPlan, contiguous_strides, fast_empty
+from .varlen import memo_by_tensor, slot_chunks
 
 __all__ = ["ChunkConfig", "ChunkPlan", "config_for", "chunk_table", "varlen_tables",
            "plan_chunk_pipeline", "run_chunk_pipeline"]
@@ -116,31 +116,18 @@ def config_for(arch: str, K: int, V: int) -> ChunkConfig:
     return ChunkConfig(state_bv_max=16 if K > 128 else 64)
 
 
-_TABLE_CACHE: dict[int, tuple] = {}
+_TABLE_CACHE: dict = {}
 
 
 def varlen_tables(cu_seqlens: torch.Tensor, device: torch.device, total_tokens: int,
                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cu_seqlens as int32 on device, chunk_table)``, memoised for the same live tensor.
+    """``(cu_seqlens as int32 on device, chunk_table)``, memoised for the same live tensor
+    (``varlen.memo_by_tensor``; not during CUDA-graph capture)."""
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
+        cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
+        return cu, chunk_table(cu, total_tokens, chunk)
 
-    Engines pass one ``cu_seqlens`` to every layer of a forward pass.  The entry is keyed by
-    the tensor object (held weakly), its storage pointer and version counter, so an in-place
-    change, a new tensor or a freed one misses.  Not cached during CUDA-graph capture.
-    """
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    key = id(cu_seqlens)
-    stamp = (cu_seqlens.data_ptr(), cu_seqlens._version, cu_seqlens.numel(), total_tokens,
-             chunk, device)
-    hit = None if capturing else _TABLE_CACHE.get(key)
-    if hit is not None and hit[0]() is cu_seqlens and hit[1] == stamp:
-        return hit[2], hit[3]
-    cu = cu_seqlens.to(device=device, dtype=torch.int32).contiguous()
-    table = chunk_table(cu, total_tokens, chunk)
-    if not capturing:
-        if len(_TABLE_CACHE) >= 8:
-            _TABLE_CACHE.clear()
-        _TABLE_CACHE[key] = (weakref.ref(cu_seqlens), stamp, cu, table)
-    return cu, table
+    return memo_by_tensor(_TABLE_CACHE, cu_seqlens, (total_tokens, chunk, device), build)
 
 
 def chunk_table(cu_seqlens: torch.Tensor, total_tokens: int, chunk: int) -> torch.Tensor:
@@ -150,17 +137,8 @@ def chunk_table(cu_seqlens: torch.Tensor, total_tokens: int, chunk: int) -> torc
     last chunk are ``(0, 0)`` (their programs store nothing).
     """
     cu = cu_seqlens.to(torch.int64)
-    n = cu.numel() - 1
-    slots = total_tokens // chunk + n
-    lens = cu[1:] - cu[:-1]
-    n_chunks = (lens + chunk - 1) // chunk
-    ends = torch.cumsum(n_chunks, 0)
-    starts = ends - n_chunks
-    slot = torch.arange(slots, device=cu.device, dtype=torch.int64)
-    seq = torch.searchsorted(ends, slot, right=True)
-    valid = seq < n
-    seq = seq.clamp(max=max(n - 1, 0))
-    first = cu[seq] + (slot - starts[seq]) * chunk
+    seq, local, valid, _ = slot_chunks(cu, total_tokens // chunk + cu.numel() - 1, chunk)
+    first = cu[seq] + local * chunk
     end = torch.minimum(first + chunk, cu[seq + 1])
     zero = torch.zeros_like(first)
     return torch.stack([torch.where(valid, first, zero), torch.where(valid, end, zero)],
@@ -212,14 +190,6 @@ class ChunkPlan:
     kkt: LaunchPlan | None
     operator: LaunchPlan | None
     state: LaunchPlan
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def _needs_copy(t: torch.Tensor | None) -> bool:
@@ -286,8 +256,8 @@ def plan_chunk_pipeline(
         planes_shape=(NUM_PLANES, HV, BT), planes_strides=(HV * BT, BT, 1),
         inter_dtype=inter_dtype,
         o_shape=(B, T, HV, V), o_dtype=v.dtype, o_like_v=v.is_contiguous(),
-        o_strides=_contiguous_strides((B, T, HV, V)),
-        final_strides=_contiguous_strides(final_shape) if final_shape is not None else None,
+        o_strides=contiguous_strides((B, T, HV, V)),
+        final_strides=contiguous_strides(final_shape) if final_shape is not None else None,
         alloc=fast_empty(dev),
         final_like_h0=(final_shape is not None and initial_state is not None
                        and initial_state.is_contiguous()

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 __all__ = ["CachedLauncher", "LaunchPlan", "fast_launch_enabled", "set_fast_launch",
-           "fast_empty"]
+           "fast_empty", "contiguous_strides"]
 
 _ENABLED = os.environ.get("GDN_TRITON_FAST_LAUNCH", "1") not in ("0", "false", "False", "no")
 _MAX_KEYS = 1024
@@ -45,6 +45,15 @@ def set_fast_launch(on: bool) -> None:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Strides of a contiguous tensor of ``shape`` (size-0 dims count as 1, as torch does)."""
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def fast_empty(device: torch.device) -> Any:

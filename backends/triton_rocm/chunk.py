@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from collections.abc import Iterator
 
 import torch
 import triton
-from gdn_dispatch.backends.triton_common.launch import CachedLauncher, LaunchPlan, fast_empty
+from gdn_dispatch.backends.triton_common.launch import (
+    CachedLauncher,
+    LaunchPlan,
+    contiguous_strides,
+    fast_empty,
+)
+from gdn_dispatch.backends.triton_common.varlen import memo_by_tensor, slot_chunks
 
 from gdn_dispatch.dtype_policy import policy_for
 from gdn_dispatch.registry import CallMeta
@@ -89,18 +94,10 @@ def chunk_table(cu_seqlens: torch.Tensor, T: int,
     Returns ``(table [slots, 2] int32: (sequence, chunk in sequence), -1 for surplus slots;
     offsets [N] int32: global index of each sequence's first chunk; slots)``.
     """
-    cu = cu_seqlens.to(torch.int64)
-    N = cu.numel() - 1
+    N = cu_seqlens.numel() - 1
     slots = triton.cdiv(T, chunk) + N
-    n_chunks = (cu[1:] - cu[:-1] + chunk - 1) // chunk
-    ends = torch.cumsum(n_chunks, 0)
-    starts = ends - n_chunks
-    slot = torch.arange(slots, device=cu.device, dtype=torch.int64)
-    seq = torch.searchsorted(ends, slot, right=True)
-    valid = seq < N
-    seq_c = seq.clamp(max=max(N - 1, 0))
-    local = slot - starts[seq_c]
-    table = torch.stack([torch.where(valid, seq_c, -1), torch.where(valid, local, 0)], 1)
+    seq, local, valid, starts = slot_chunks(cu_seqlens, slots, chunk)
+    table = torch.stack([torch.where(valid, seq, -1), torch.where(valid, local, 0)], 1)
     return table.to(torch.int32).contiguous(), starts.to(torch.int32), slots
 
 
@@ -108,28 +105,15 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-_TABLES: dict[int, tuple] = {}
+_TABLES: dict = {}
 
 
 def _chunk_table_cached(cu_seqlens: torch.Tensor, T: int,
                         chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``chunk_table`` memoised for the same live ``cu_seqlens`` tensor (engines pass one to
-    every layer of a forward pass): keyed by the tensor object (held weakly), its storage
-    pointer and version counter, so an in-place change, a new tensor or a freed one misses.
-    Not cached during CUDA-graph capture."""
-    dev = cu_seqlens.device
-    capturing = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    key = id(cu_seqlens)
-    stamp = (cu_seqlens.data_ptr(), cu_seqlens._version, cu_seqlens.numel(), T, chunk, dev)
-    hit = None if capturing else _TABLES.get(key)
-    if hit is not None and hit[0]() is cu_seqlens and hit[1] == stamp:
-        return hit[2]
-    out = chunk_table(cu_seqlens, T, chunk)
-    if not capturing:
-        if len(_TABLES) >= 8:
-            _TABLES.clear()
-        _TABLES[key] = (weakref.ref(cu_seqlens), stamp, out)
-    return out
+    """``chunk_table`` memoised for the same live ``cu_seqlens`` tensor
+    (``varlen.memo_by_tensor``; not during CUDA-graph capture)."""
+    return memo_by_tensor(_TABLES, cu_seqlens, (T, chunk, cu_seqlens.device),
+                          lambda: chunk_table(cu_seqlens, T, chunk))
 
 
 def _launcher(fn) -> CachedLauncher:
@@ -151,14 +135,6 @@ def _launch_plan(launcher: CachedLauncher, grid: tuple[int, ...], scalars: tuple
                       tuple(kw.items()), device=device)
 
 
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
-
-
 class _Plan:
     """What one call metadata fixes of the four launches: buffer shapes and dtypes, grids,
     scalars, constexprs and launch options.  Holds no tensors and no pointers."""
@@ -168,9 +144,9 @@ class _Plan:
                  "cfg_name")
 
     def buffer(self, name: str) -> torch.Tensor:
-        shape, dtype = self.buffers[name]
+        shape, strides, dtype = self.buffers[name]
         if self.alloc is not None:
-            return self.alloc(shape, _contiguous_strides(shape), dtype)
+            return self.alloc(shape, strides, dtype)
         return torch.empty(shape, device=self.device, dtype=dtype)
 
 
@@ -206,7 +182,7 @@ def _plan(q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, be
     p.fused, p.store_ai, p.v_first, p.cfg_name = fused, store_ai, v_first, cfg.name
     p.alloc = fast_empty(dev)
     state_shape = (N, HV, *((V, K) if v_first else (K, V)))
-    p.buffers = {
+    shapes = {
         "gc": ((B, HV, T), f32), "beta": ((B, HV, T), f32), "A": ((B, HV, T, BT), idt),
         "S": ((B, HV, T, BT), idt), "w": ((B, HV, T, K), idt), "u": ((B, HV, T, V), idt),
         "rq": ((B, H, T), f32), "rk": ((B, H, T), f32),
@@ -214,12 +190,14 @@ def _plan(q, k, v, g, beta, scale, initial_state, output_final_state, l2norm, be
         "o": ((B, T, HV, V), v.dtype),
         "ht": (state_shape, initial_state.dtype if initial_state is not None else pol.state),
     }
+    p.buffers = {name: (shape, contiguous_strides(shape), dtype)
+                 for name, (shape, dtype) in shapes.items()}
     p.copies = tuple(t is not None and not t.is_contiguous()
                      for t in (g, beta, A_log, dt_bias, initial_state))
     sk = (k.stride(0), k.stride(1), k.stride(2))
     sv = (v.stride(0), v.stride(1), v.stride(2))
     sq = (q.stride(0), q.stride(1), q.stride(2))
-    so = _contiguous_strides((B, T, HV, V))[:3]
+    so = contiguous_strides((B, T, HV, V))[:3]
     p.kkt = _launch_plan(_KKT, (slots * B * H,), (float(scale), T, B, *sq, *sk, H, HV), dict(
         K=K, BK=BK, BT=BT, HAS_G=g is not None, GATE_IN_KERNEL=gate_in_kernel,
         HAS_DT_BIAS=dt_bias is not None, HAS_BETA=beta is not None, BETA_SIGMOID=beta_sigmoid,
@@ -281,7 +259,7 @@ def _execute(p: _Plan, q, k, v, g, beta, initial_state, output_final_state, cu_s
         v_new = buf("v_new")
         h = buf("h")
     if p.store_ai:
-        shape, dtype = p.buffers["A"]
+        shape, _, dtype = p.buffers["A"]
         Ai = torch.zeros(shape, device=p.device, dtype=dtype)
     else:
         Ai = A
