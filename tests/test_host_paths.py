@@ -288,3 +288,25 @@ def test_interpreter_fast_allocation_paths(clean_dispatch, cpu_fast_empty):
                s["triton_cuda.recurrent"].alloc is cpu_fast_empty for s in plans)
     assert any(s.get("chunk_pipeline") is not None and s["chunk_pipeline"].alloc is cpu_fast_empty
                for s in plans)
+
+
+def test_varlen_memo_by_tensor():
+    """A table built from cu_seqlens is reused only for the same unchanged tensor."""
+    from gdn_dispatch.backends.triton_common.varlen import memo_by_tensor, slot_chunks
+
+    cache: dict = {}
+    builds = []
+    cu = torch.tensor([0, 3, 3, 70], dtype=torch.int32)
+
+    def get(t, extra=(64,)):
+        return memo_by_tensor(cache, t, extra, lambda: builds.append(1) or len(builds))
+
+    assert get(cu) == 1 and get(cu) == 1
+    cu[1] = 2  # in place: version counter moves
+    assert get(cu) == 2
+    assert get(cu.clone()) == 3  # another tensor
+    assert get(cu, (32,)) == 4  # other extra key
+    seq, local, valid, starts = slot_chunks(cu, 70 // 64 + 3, 64)
+    # chunks: seq 0 (2 tokens) -> 1, seq 1 (1 token) -> 1, seq 2 (67 tokens) -> 2; 4 slots
+    assert seq.tolist() == [0, 1, 2, 2] and local.tolist() == [0, 0, 0, 1]
+    assert valid.tolist() == [True, True, True, True] and starts.tolist() == [0, 1, 2]
