@@ -442,6 +442,9 @@ def gated_delta_recurrent_kernel(
                          s_idx1, K, V, BK, BV, SBV, STATE_V_FIRST, L2NORM, GATE_MODE,
                          HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL, IDX_MODE, HAS_H0, DST_MODE, EVICT)
         else:
+            # The same token loop as ``_run_tokens``, kept inline: routing it through the
+            # helper reorders the generated code of the measured fp32 / unpacked kernels
+            # (PTX differs on every spec); merge once a GPU run can re-measure them.
             p_q = q + row * s_qb + bos * s_qt + i_h * s_qh + o_k
             p_k = k + k_off + row * s_kb + bos * s_kt + i_h * s_kh + o_k
             p_v = v + v_off + row * s_vb + bos * s_vt + i_hv * s_vh + o_v
