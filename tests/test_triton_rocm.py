@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle import TOL, gating64, make_inputs, poison_, recurrence64, rel_err
+from oracle import TOL, chunk_case_inputs, make_inputs, poison_, rel_err
 
 import gdn_dispatch as gdn
 
@@ -26,65 +26,14 @@ CHUNK_CASES: dict[str, tuple] = {
     "varlen": (1, 150, 1, 2, 32, 32, {"cu": [0, 5, 5, 70, 150], "h0": True}),
     "varlen_l2norm": (1, 100, 2, 2, 16, 32, {"cu": [0, 64, 65, 100], "l2norm": True}),
     "strided_qkv": (1, 72, 2, 2, 32, 32, {"strided": True, "h0": True}),
-    "fp16_state": (2, 65, 1, 2, 32, 32, {"h0": True, "h0_dtype": torch.float16}),
+    "fp16_state": (2, 65, 1, 2, 32, 32, {"h0": True, "state_dtype": torch.float16}),
 }
 
 
 def chunk_inputs(case: str, dtype: torch.dtype, device: str, v_first: bool, seed: int = 0,
                  scale_T: int = 1):
     """Inputs of one case and its float64 oracle result."""
-    B, T, H, HV, K, V, opt = CHUNK_CASES[case]
-    T = T * scale_T
-    cu_list = opt.get("cu")
-    if cu_list is not None and scale_T != 1:
-        cu_list = [c * scale_T for c in cu_list]
-    q, k, v, g, beta = make_inputs(B, T, H, HV, K, V, dtype=dtype, device=device, seed=seed,
-                                   normalize_k=not opt.get("l2norm", False))
-    gen = torch.Generator().manual_seed(seed + 1)
-    kw: dict = {"state_v_first": v_first, "output_final_state": True}
-    g_act, beta_act = g, beta
-    if opt.get("gate_in_kernel"):
-        a = torch.randn(B, T, HV, generator=gen)
-        A_log = torch.rand(HV, generator=gen) - 1.0
-        dt_bias = torch.randn(HV, generator=gen) * 0.5
-        g_act = gating64(A_log, a, dt_bias)
-        g = a.to(device=device, dtype=dtype)
-        kw.update(use_gate_in_kernel=True, A_log=A_log.to(device), dt_bias=dt_bias.to(device))
-    if opt.get("beta_sigmoid"):
-        b = torch.randn(B, T, HV, generator=gen)
-        beta = b.to(device=device, dtype=dtype)
-        beta_act = torch.sigmoid(beta.double()) * (2.0 if opt.get("neg_eigval") else 1.0)
-        kw.update(use_beta_sigmoid_in_kernel=True, allow_neg_eigval=bool(opt.get("neg_eigval")))
-    if "g" in opt and opt["g"] is None:
-        g = g_act = None
-    if "beta" in opt and opt["beta"] is None:
-        beta = beta_act = None
-    if opt.get("l2norm"):
-        kw["use_qk_l2norm_in_kernel"] = True
-    if opt.get("strided"):
-        packed = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], -1)
-        nq, nk = H * K, 2 * H * K
-        q = packed[..., :nq].view(B, T, H, K)
-        k = packed[..., nq:nk].view(B, T, H, K)
-        v = packed[..., nk:].view(B, T, HV, V)
-    cu = None
-    N = B
-    if cu_list is not None:
-        cu = torch.tensor(cu_list, dtype=torch.int32, device=device)
-        kw["cu_seqlens"] = cu
-        N = len(cu_list) - 1
-    h0 = None
-    if opt.get("h0"):
-        shape = (N, HV, V, K) if v_first else (N, HV, K, V)
-        h0 = (torch.randn(*shape, generator=gen) * 0.1).to(device=device,
-                                                           dtype=opt.get("h0_dtype", torch.float32))
-        kw["initial_state"] = h0
-    if "scale" in opt:
-        kw["scale"] = opt["scale"]
-    ref_o, ref_h = recurrence64(q, k, v, g_act, beta_act, scale=opt.get("scale"), h0=h0,
-                                l2norm=bool(opt.get("l2norm")), cu_seqlens=cu,
-                                state_v_first=v_first)
-    return (q, k, v, g, beta), kw, ref_o, ref_h
+    return chunk_case_inputs(CHUNK_CASES[case], dtype, device, v_first, seed, scale_T)
 
 
 def forced_fusion(device: str, fuse: str, scan_bv: int | None = None):
