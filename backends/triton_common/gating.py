@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .aot_util import TRITON_TY, aligned, vendor_configs
 from .launch import CachedLauncher
 
 __all__ = ["RowConfig", "gdn_gating_kernel", "l2norm_kernel", "launch_gdn_gating",
@@ -94,46 +95,33 @@ def launch_l2norm(x2d: torch.Tensor, y: torch.Tensor, eps: float, *, config: Row
                    config.num_warps, config.num_stages, config.options)
 
 
-def _aligned(fn: Any, sig: dict[str, str]) -> dict[str, Any]:
-    """``divisible_by_16`` (pointers and row strides) and the matching ASTSource ``attrs``."""
-    from .recurrent import divisibility_attrs
-
-    names = [n for n, ty in sig.items() if ty.startswith("*") or n.startswith("s_")
-             and n != "s_col"]
-    return {"divisible_by_16": names, "attrs": divisibility_attrs(fn, names)}
-
-
-_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def aot_specs(arch: str) -> list[dict[str, Any]]:
     """AOT compile descriptions (see ``recurrent.aot_specs`` for the dict format) of the
     gating and l2norm kernels for Qwen3-Next shapes (HV = 32, D = 128), bf16 and fp16."""
-    import importlib
-
-    vendor = "triton_cuda" if arch.startswith("sm_") else "triton_rocm"
     try:
-        cfgs = importlib.import_module(f"gdn_dispatch.backends.{vendor}.configs")
+        cfgs = vendor_configs(arch)
         gcfg = cfgs.gating_config(arch)
         lcfg = cfgs.l2norm_config(arch, 128)
-    except (ImportError, AttributeError):
+    except AttributeError:  # no configs module (None) or no such table
         return []
     out = []
     for dt in (torch.bfloat16, torch.float16):
-        ty = "*" + _TY[dt]
+        ty = "*" + TRITON_TY[dt]
         sig = {"A_log": "*fp32", "a": ty, "b": ty, "dt_bias": "*fp32", "g_out": "*fp32",
                "beta_out": ty, "softplus_beta": "fp32", "softplus_threshold": "fp32",
                "total": "i32", "s_a": "i32", "s_b": "i32", "HV": "constexpr",
                "HAS_DT_BIAS": "constexpr", "BLOCK": "constexpr"}
-        out.append({"name": f"gdn_gating_{_TY[dt]}_HV32", "kernel": gdn_gating_kernel,
+        out.append({"name": f"gdn_gating_{TRITON_TY[dt]}_HV32", "kernel": gdn_gating_kernel,
                     "signature": sig,
                     "constexprs": {"HV": 32, "HAS_DT_BIAS": True, "BLOCK": gcfg.block},
                     "num_warps": gcfg.num_warps, "num_stages": gcfg.num_stages,
-                    "options": dict(gcfg.options), **_aligned(gdn_gating_kernel, sig)})
+                    "options": dict(gcfg.options), **aligned(gdn_gating_kernel, sig)})
         sig = {"x": ty, "y": ty, "eps": "fp32", "rows": "i32", "s_row": "i32", "s_col": "i32",
                "D": "constexpr", "BD": "constexpr", "ROWS": "constexpr"}
-        out.append({"name": f"l2norm_{_TY[dt]}_D128", "kernel": l2norm_kernel, "signature": sig,
+        out.append({"name": f"l2norm_{TRITON_TY[dt]}_D128", "kernel": l2norm_kernel, "signature": sig,
                     "constexprs": {"D": 128, "BD": 128, "ROWS": lcfg.block},
                     "num_warps": lcfg.num_warps, "num_stages": lcfg.num_stages,
-                    "options": dict(lcfg.options), **_aligned(l2norm_kernel, sig)})
+                    "options": dict(lcfg.options), **aligned(l2norm_kernel, sig)})
     return out

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .aot_util import TRITON_TY, divisibility_attrs, vendor_configs
 from .launch import CachedLauncher, LaunchPlan
 
 __all__ = [
@@ -646,7 +647,6 @@ def _pow2(n: int) -> int:
 
 
 # -- AOT description ------------------------------------------------------------------------
-_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _INT_ARGS = ("T", "slots", "idx_cols", "k_off", "v_off", "s_qb", "s_qt", "s_qh", "s_kb", "s_kt",
              "s_kh", "s_vb", "s_vt", "s_vh", "s_gb", "s_gt", "s_bb", "s_bt", "s_ob", "s_ot",
              "s_oh", "s_src", "s_dst", "s_idx0", "s_idx1")
@@ -661,11 +661,11 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
     out), "pool_decode" (varlen, pool [N] in place, gating and beta sigmoid in kernel, l2norm:
     op 2 as engines call it and op 3) or "packed_decode" (op 4).
     """
-    io, st = "*" + _TY[io_dtype], "*" + _TY[state_dtype]
+    io, st = "*" + TRITON_TY[io_dtype], "*" + TRITON_TY[state_dtype]
     sig: dict[str, str] = {name: io for name in ("q", "k", "v", "o")}
     const: dict[str, Any] = {}
     pool = variant in ("pool_decode", "packed_decode")
-    sig["g"] = "*" + _TY[gate_dtype if variant == "fused_recurrent" else io_dtype]
+    sig["g"] = "*" + TRITON_TY[gate_dtype if variant == "fused_recurrent" else io_dtype]
     sig["beta"] = io
     if pool:
         sig["A_log"] = "*fp32"
@@ -706,7 +706,7 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
                                          and not name.startswith("s_idx"))
                or name in ("k_off", "v_off")]
     return {
-        "name": f"gated_delta_recurrent_{variant}_{layout}_{_TY[io_dtype]}_state{_TY[state_dtype]}"
+        "name": f"gated_delta_recurrent_{variant}_{layout}_{TRITON_TY[io_dtype]}_state{TRITON_TY[state_dtype]}"
                 f"_K{K}_V{V}_HV{HV}_H{H}",
         "kernel": fn,
         "signature": ordered,
@@ -717,23 +717,6 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
         "divisible_by_16": aligned,
         "attrs": divisibility_attrs(fn, aligned),
     }
-
-
-def divisibility_attrs(fn: Any, names: list[str]) -> dict[tuple[int, ...], list[list[Any]]]:
-    """``ASTSource`` attrs marking ``names`` (pointers, ints) as divisible by 16."""
-    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in names}
-
-
-def _config_table(arch: str) -> Any:
-    """The ``recurrent_config_for_arch`` of the backend serving ``arch`` (None if none)."""
-    import importlib
-
-    vendor = "triton_cuda" if arch.startswith("sm_") else "triton_rocm"
-    try:
-        mod = importlib.import_module(f"gdn_dispatch.backends.{vendor}.configs")
-    except ImportError:
-        return None
-    return getattr(mod, "recurrent_config_for_arch", None)
 
 
 def aot_specs(arch: str) -> list[dict[str, Any]]:
@@ -749,7 +732,7 @@ def aot_specs(arch: str) -> list[dict[str, Any]]:
     configs the CUDA config table picks; other backends pass their own configs to
     ``recurrent_aot_spec``.
     """
-    config_for = _config_table(arch)
+    config_for = getattr(vendor_configs(arch), "recurrent_config_for_arch", None)
     if config_for is None:
         return []
     out = []

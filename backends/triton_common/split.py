@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .aot_util import TRITON_TY, aligned, vendor_configs
 from .launch import CachedLauncher
 
 __all__ = ["SplitConfig", "split_interleaved_kernel", "split_contiguous_kernel",
@@ -108,38 +109,25 @@ def launch_split(mixed_qkvz: torch.Tensor, mixed_ba: torch.Tensor, qkv: torch.Te
         config.num_warps, config.num_stages, config.options)
 
 
-def _aligned(fn: Any, sig: dict[str, str]) -> dict[str, Any]:
-    """``divisible_by_16`` (pointers and row strides) and the matching ASTSource ``attrs``."""
-    from .recurrent import divisibility_attrs
-
-    names = [n for n, ty in sig.items() if ty.startswith("*") or n.startswith("s_")
-             and n != "s_col"]
-    return {"divisible_by_16": names, "attrs": divisibility_attrs(fn, names)}
-
-
-_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def aot_specs(arch: str) -> list[dict[str, Any]]:
     """AOT compile descriptions (format of ``recurrent.aot_specs``) of both split kernels for
     Qwen3-Next shapes (Hqk = 16, Hv = 32, Dk = Dv = 128), bf16 and fp16."""
-    import importlib
-
-    vendor = "triton_cuda" if arch.startswith("sm_") else "triton_rocm"
     try:
-        cfg = importlib.import_module(f"gdn_dispatch.backends.{vendor}.configs").split_config(arch)
-    except (ImportError, AttributeError):
+        cfg = vendor_configs(arch).split_config(arch)
+    except AttributeError:  # no configs module (None) or no such table
         return []
     out = []
     for layout, fn in _KERNELS.items():
         for dt in (torch.bfloat16, torch.float16):
-            ty = "*" + _TY[dt]
+            ty = "*" + TRITON_TY[dt]
             sig = {"mixed_qkvz": ty, "mixed_ba": ty, "qkv": ty, "z": ty, "b": ty, "a": ty,
                    "s_qkvz": "i32", "s_ba": "i32"}
             const = {"HQK": 16, "HV": 32, "DK": 128, "DV": 128, "BDK": 128, "BGV": 256, "BG": 2}
             sig.update({name: "constexpr" for name in const})
-            out.append({"name": f"split_{layout}_{_TY[dt]}_H16_HV32_D128", "kernel": fn,
+            out.append({"name": f"split_{layout}_{TRITON_TY[dt]}_H16_HV32_D128", "kernel": fn,
                         "signature": sig, "constexprs": const, "num_warps": cfg.num_warps,
                         "num_stages": cfg.num_stages, "options": dict(cfg.options),
-                        **_aligned(fn, sig)})
+                        **aligned(fn, sig)})
     return out
