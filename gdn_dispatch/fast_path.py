@@ -17,7 +17,7 @@ call takes the key path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -37,28 +37,20 @@ MAX_ENTRIES = 4
 _CONSTANT_TYPES = (bool, int, float, str)
 
 
-class Entry(tuple):
-    """A cached decision ``(impl, meta, check_values, scale)``: the backend implementation,
-    its ``CallMeta``, whether value checks run (``VALUES_*``), and the default ``scale`` to
-    substitute (None: the call passes its own).  A tuple, so the dispatcher unpacks it in
-    one step."""
+class Entry(NamedTuple):
+    """A cached decision: the backend implementation, its ``CallMeta``, whether value checks
+    run (``VALUES_*``), and the default ``scale`` to substitute (None: the call passes its
+    own).  A tuple, so the dispatcher unpacks it in one step."""
 
-    __slots__ = ()
-
-    def __new__(cls, impl: Callable[..., Any], meta: Any, check_values: int,
-                scale: float | None) -> Entry:
-        return tuple.__new__(cls, (impl, meta, check_values, scale))
-
-    impl = property(lambda self: self[0])
-    meta = property(lambda self: self[1])
-    check_values = property(lambda self: self[2])
-    scale = property(lambda self: self[3])
+    impl: Callable[..., Any]
+    meta: Any
+    check_values: int
+    scale: float | None
 
 
 _Guard = Callable[[tuple, Any], bool]
 _MEMO: dict[str, tuple[tuple[_Guard, Entry], ...]] = {}
 _TEMPLATES: dict[tuple, Callable[..., _Guard]] = {}
-_TENSOR_PARAMS: dict[str, frozenset[int]] = {}
 
 
 def available() -> bool:
@@ -85,17 +77,12 @@ def match(op: str, args: tuple, forced: str | None) -> Entry | None:
 
 
 def remember(op: str, args: tuple, forced: str | None, entry: Entry,
-             tensor_params: frozenset[int] | None = None) -> bool:
+             tensor_params: frozenset[int]) -> bool:
     """Make ``entry`` the newest remembered decision of ``op`` for calls with this metadata.
 
-    ``tensor_params``: indices of the op's tensor parameters (registered once per op).
-    Returns False (nothing remembered) for argument types a guard does not cover."""
+    ``tensor_params``: positions of the op's tensor parameters.  Returns False (nothing
+    remembered) for argument types a guard does not cover."""
     if _TensorGuards is None:
-        return False
-    if tensor_params is not None:
-        _TENSOR_PARAMS[op] = tensor_params
-    tensor_params = _TENSOR_PARAMS.get(op)
-    if tensor_params is None:
         return False
     pattern: list[Any] = []
     tensors: list[torch.Tensor] = []
