@@ -104,14 +104,6 @@ def _key_fn(spec: OpSpec) -> Callable[[Sequence[Any], str | None], tuple]:
     return fn
 
 
-def _should_check_values(dev_tensor: torch.Tensor) -> bool:
-    if not dev_tensor.is_cuda:
-        return True
-    if registry.env_get("GDN_CHECK_VALUES") not in _TRUE:
-        return False
-    return not torch.cuda.is_current_stream_capturing()
-
-
 def _probe_of(spec: OpSpec, args: Sequence[Any]) -> DeviceProbe:
     sim = simulated_probe()
     if sim is not None:
