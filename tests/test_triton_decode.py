@@ -524,6 +524,25 @@ def test_packed_tile(monkeypatch, cfg, K, V):
     check_packed_tile(DEV, torch.bfloat16, K=K, V=V, big=True, state_dtypes=STATE_DTYPES)
 
 
+@pytest.mark.parametrize("cfg", [
+    dict(BV=64, num_warps=1, chunk_k=64, sub_bv=16),
+    dict(BV=64, num_warps=2, chunk_k=64, chunk_evict="evict_last"),
+    dict(BV=32, num_warps=2, chunk_k=128, evict="evict_first"),
+    dict(BV=16, num_warps=1, chunk_k=32, packed=True, chunk_evict=""),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("K,V", [(128, 128), (64, 96), (256, 64)])
+def test_two_pass_tile(monkeypatch, cfg, K, V):
+    """K-first tiles read twice instead of held (``RecurrentConfig.chunk_k``): every state
+    mode and dtype (V-first calls of the same config ignore ``chunk_k``)."""
+    from gdn_dispatch.backends.triton_common.recurrent import RecurrentConfig
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    config = RecurrentConfig(**cfg)
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: config)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
+    check_packed_tile(DEV, torch.bfloat16, K=K, V=V, big=True, state_dtypes=STATE_DTYPES)
+
+
 def test_cached_launch_respects_alignment_and_strides():
     """Repeated calls hit the cached launch path; a misaligned view must not reuse the
     aligned kernel, and new strides must not reuse old ones."""

@@ -166,3 +166,21 @@ def test_packed_tile(monkeypatch, kw):
     for K, V in ((16, 32), (16, 24)):
         check_packed_tile(CPU, F32, K=K, V=V, big=False,
                           state_dtypes=[torch.float32, torch.float16, torch.bfloat16])
+
+
+@pytest.mark.parametrize("kw", [dict(BV=16, num_warps=1, chunk_k=8),
+                                dict(BV=8, num_warps=2, chunk_k=16, sub_bv=4, packed=True,
+                                     chunk_evict="", evict="evict_first")],
+                         ids=["ck8-2chunks", "ck16-1chunk-packed"])
+def test_two_pass_tile(monkeypatch, kw):
+    """K-first tiles read twice instead of held (``RecurrentConfig.chunk_k``): every state
+    mode and dtype, several chunks and one, odd V (V-first calls ignore ``chunk_k``)."""
+    from gdn_dispatch.backends.triton_common.recurrent import RecurrentConfig
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    cfg = RecurrentConfig(**kw)
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
+    for K, V in ((16, 32), (16, 24)):
+        check_packed_tile(CPU, F32, K=K, V=V, big=False,
+                          state_dtypes=[torch.float32, torch.float16, torch.bfloat16])

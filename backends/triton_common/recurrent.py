@@ -77,10 +77,18 @@ class RecurrentConfig:
     sub_bv: int = 0
     # eviction policy of the state loads and stores ("" / "evict_first" / "evict_last")
     evict: str = ""
+    # K-first states only: read the [K, BV] tile twice instead of holding it (0: hold it).  A
+    # one-token sequence first streams chunks of ``chunk_k`` rows to form k.S and q.S, then
+    # reads them again (from L1/L2: the first reads use ``chunk_evict``) to store the new
+    # state.  Registers no longer bound the tile, so a program can own 128-byte row pieces
+    # (BV = 64 for 16-bit states); other lengths run the float32 slices of ``sub_bv``
+    chunk_k: int = 0
+    chunk_evict: str = "evict_last"
 
     def slice_bv(self, bv: int) -> int:
-        """Columns per float32 slice of a packed tile of ``bv`` columns (``bv`` unpacked)."""
-        if not self.packed:
+        """Columns per float32 slice of a packed or two-pass tile of ``bv`` columns (``bv``
+        when the tile is held unpacked)."""
+        if not (self.packed or self.chunk_k):
             return bv
         return max(1, min(bv, self.sub_bv or bv // 2))
 
@@ -155,6 +163,16 @@ def _token_inputs(p_q, p_k, p_v, p_g, p_beta, o_k, o_v, mask_k, mask_v, b_A, b_b
     if L2NORM:
         b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
         b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
+    b_beta, b_alpha = _token_gates(p_g, p_beta, b_A, b_bias, softplus_beta, softplus_threshold,
+                                   GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL)
+    return b_q, b_k, b_v, b_beta, b_alpha
+
+
+@triton.jit
+def _token_gates(p_g, p_beta, b_A, b_bias, softplus_beta, softplus_threshold,
+                 GATE_MODE: tl.constexpr, HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr,
+                 NEG_EIGVAL: tl.constexpr):
+    """beta and the decay alpha of one token."""
     if BETA_MODE == 0:
         b_beta = 1.0
     elif BETA_MODE == 1:
@@ -175,7 +193,7 @@ def _token_inputs(p_q, p_k, p_v, p_g, p_beta, o_k, o_v, mask_k, mask_v, b_A, b_b
         b_alpha = tl.exp(b_g)
     else:
         b_alpha = 1.0
-    return b_q, b_k, b_v, b_beta, b_alpha
+    return b_beta, b_alpha
 
 
 @triton.jit
@@ -271,8 +289,10 @@ def _packed_item(raw, q, k, v, g, beta, o, h_src, h_dst, idx, b_A, b_bias, scale
                  STATE_V_FIRST: tl.constexpr, L2NORM: tl.constexpr, GATE_MODE: tl.constexpr,
                  HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr,
                  IDX_MODE: tl.constexpr, HAS_H0: tl.constexpr, DST_MODE: tl.constexpr,
-                 EVICT: tl.constexpr):
-    """One work item with the state tile ``raw`` held in the state dtype (config ``packed``).
+                 EVICT: tl.constexpr, CHUNK_K: tl.constexpr, KEEP_EVICT: tl.constexpr):
+    """One work item with the state tile ``raw`` held in the state dtype (config ``packed``),
+    or not held at all (``CHUNK_K > 0``: a one-token sequence reads the tile twice, see
+    ``_two_pass_token``; ``raw`` is unused).
 
     A one-token sequence (decode) widens each element where it is used: one two-operand
     reduction gives k.S and q.S, and the new state is formed right before its store, so no
@@ -297,7 +317,21 @@ def _packed_item(raw, q, k, v, g, beta, o, h_src, h_dst, idx, b_A, b_bias, scale
     else:
         p_beta = beta
     p_o = o + row * s_ob + bos * s_ot + i_hv * s_oh
-    if seq_len == 1:
+    if CHUNK_K > 0:
+        if seq_len == 1:
+            _two_pass_token(p_q, p_k, p_v, p_g, p_beta, p_o, h_src, h_dst, idx, i_v, valid, i_n,
+                            tok0, src_row, head_off, b_A, b_bias, scale, softplus_beta,
+                            softplus_threshold, slots, idx_cols, s_src, s_dst, s_idx0, s_idx1,
+                            K, V, BK, BV, CHUNK_K, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE,
+                            NEG_EIGVAL, IDX_MODE, HAS_H0, DST_MODE, EVICT, KEEP_EVICT)
+        else:  # no token (pass-through) or several: float32 slices
+            _slices_item(p_q, p_k, p_v, p_g, p_beta, p_o, h_src, h_dst, idx, o_k, mask_k, i_v,
+                         valid, seq_len, i_n, tok0, src_row, head_off, b_A, b_bias, scale,
+                         softplus_beta, softplus_threshold, slots, idx_cols, s_qt, s_kt, s_vt,
+                         s_gt, s_bt, s_ot, s_src, s_dst, s_idx0, s_idx1, K, V, BK, BV, SBV,
+                         STATE_V_FIRST, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL,
+                         IDX_MODE, HAS_H0, DST_MODE, EVICT)
+    elif seq_len == 1:
         b_q, b_k, b_v, b_beta, b_alpha = _token_inputs(
             p_q, p_k, p_v, p_g, p_beta, o_k, o_v, mask_k, mask_v, b_A, b_bias, softplus_beta,
             softplus_threshold, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL)
@@ -347,22 +381,122 @@ def _packed_item(raw, q, k, v, g, beta, o, h_src, h_dst, idx, b_A, b_bias, scale
         _final_state_store(b_same, h_dst, i_n, src_row, valid, head_off, tile, mask_h, s_dst,
                            IDX_MODE, DST_MODE, EVICT)
     else:
-        for s in tl.static_range(BV // SBV):
-            s_tile, s_mask = _state_tile(i_v * (BV // SBV) + s, K, V, BK, SBV, STATE_V_FIRST)
-            s_v = (i_v * (BV // SBV) + s) * SBV + tl.arange(0, SBV)
-            if HAS_H0:
-                b_h = tl.load(h_src + src_row * s_src + head_off + s_tile,
-                              mask=tl.where(valid, s_mask, False), other=0).to(tl.float32)
-            elif STATE_V_FIRST:
-                b_h = tl.zeros([SBV, BK], dtype=tl.float32)
+        _slices_item(p_q, p_k, p_v, p_g, p_beta, p_o, h_src, h_dst, idx, o_k, mask_k, i_v,
+                     valid, seq_len, i_n, tok0, src_row, head_off, b_A, b_bias, scale,
+                     softplus_beta, softplus_threshold, slots, idx_cols, s_qt, s_kt, s_vt,
+                     s_gt, s_bt, s_ot, s_src, s_dst, s_idx0, s_idx1, K, V, BK, BV, SBV,
+                     STATE_V_FIRST, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL,
+                     IDX_MODE, HAS_H0, DST_MODE, EVICT)
+
+
+@triton.jit
+def _two_pass_token(p_q, p_k, p_v, p_g, p_beta, p_o, h_src, h_dst, idx, i_v, valid, i_n, tok0,
+                    src_row, head_off, b_A, b_bias, scale, softplus_beta, softplus_threshold,
+                    slots, idx_cols, s_src, s_dst, s_idx0, s_idx1, K: tl.constexpr,
+                    V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CK: tl.constexpr,
+                    L2NORM: tl.constexpr, GATE_MODE: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+                    BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr, IDX_MODE: tl.constexpr,
+                    HAS_H0: tl.constexpr, DST_MODE: tl.constexpr, EVICT: tl.constexpr,
+                    KEEP_EVICT: tl.constexpr):
+    """One token of a K-first work item whose [K, BV] tile is read twice, never held.
+
+    Pass 1 streams chunks of CK rows (all issued at once: the loop is unrolled) and
+    accumulates k.S and q.S elementwise, reduced once at the end; pass 2 reads the chunks
+    again (L1 or L2 hits: pass 1 loads with KEEP_EVICT) and stores the new state.  q and k
+    rows of a chunk are re-read from memory (L1) and scaled by their l2-norm factors.
+    """
+    o_k = tl.arange(0, BK)
+    mask_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    mask_v = o_v < V
+    b_q = tl.load(p_q + o_k, mask=mask_k, other=0).to(tl.float32)
+    b_k = tl.load(p_k + o_k, mask=mask_k, other=0).to(tl.float32)
+    b_v = tl.load(p_v + o_v, mask=mask_v, other=0).to(tl.float32)
+    if L2NORM:
+        r_q = tl.rsqrt(tl.sum(b_q * b_q) + 1e-6)
+        r_k = tl.rsqrt(tl.sum(b_k * b_k) + 1e-6)
+    else:
+        r_q = 1.0
+        r_k = 1.0
+    b_qk = tl.sum(b_q * b_k) * (r_q * r_k)
+    b_beta, b_alpha = _token_gates(p_g, p_beta, b_A, b_bias, softplus_beta, softplus_threshold,
+                                   GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL)
+    if HAS_H0:
+        src = h_src + src_row * s_src + head_off
+        acc_k = tl.zeros([CK, BV], dtype=tl.float32)
+        acc_q = tl.zeros([CK, BV], dtype=tl.float32)
+        for c in tl.static_range(BK // CK):
+            rows = c * CK + tl.arange(0, CK)
+            m_r = rows < K
+            b_h = tl.load(src + rows[:, None] * V + o_v[None, :],
+                          mask=tl.where(valid, m_r[:, None] & mask_v[None, :], False), other=0,
+                          eviction_policy=KEEP_EVICT).to(tl.float32)
+            k_c = tl.load(p_k + rows, mask=m_r, other=0).to(tl.float32)
+            q_c = tl.load(p_q + rows, mask=m_r, other=0).to(tl.float32)
+            acc_k += b_h * k_c[:, None]
+            acc_q += b_h * q_c[:, None]
+        b_kS = tl.sum(acc_k, 0) * r_k
+        b_qS = tl.sum(acc_q, 0) * r_q
+        if GATE_MODE != 0:
+            b_kS = b_kS * b_alpha
+            b_qS = b_qS * b_alpha
+    else:
+        b_kS = tl.zeros([BV], dtype=tl.float32)
+        b_qS = tl.zeros([BV], dtype=tl.float32)
+    b_u = b_beta * (b_v - b_kS)
+    b_o = scale * (b_qS + b_qk * b_u)
+    if IDX_MODE != 0:
+        b_o = tl.where(valid, b_o, 0.0)
+    tl.store(p_o + o_v, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+    b_ku = b_u * r_k
+    for c in tl.range(0, BK // CK):
+        rows = c * CK + tl.arange(0, CK)
+        m_r = rows < K
+        c_tile = rows[:, None] * V + o_v[None, :]
+        c_mask = m_r[:, None] & mask_v[None, :]
+        k_c = tl.load(p_k + rows, mask=m_r, other=0).to(tl.float32)
+        b_new = k_c[:, None] * b_ku[None, :]
+        if HAS_H0:
+            b_h = tl.load(h_src + src_row * s_src + head_off + c_tile, mask=tl.where(valid, c_mask, False), other=0,
+                          eviction_policy="evict_first").to(tl.float32)
+            if GATE_MODE != 0:
+                b_new = b_h * b_alpha + b_new
             else:
-                b_h = tl.zeros([BK, SBV], dtype=tl.float32)
-            _run_tokens(b_h, p_q, p_k, p_v, p_g, p_beta, p_o, h_dst, idx, o_k, s_v, mask_k,
-                        s_v < V, s_tile, s_mask, valid, seq_len, i_n, tok0, src_row, head_off,
-                        b_A, b_bias, scale, softplus_beta, softplus_threshold, slots, idx_cols,
-                        s_qt, s_kt, s_vt, s_gt, s_bt, s_ot, s_dst, s_idx0, s_idx1,
-                        STATE_V_FIRST, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL,
-                        IDX_MODE, DST_MODE, EVICT)
+                b_new = b_h + b_new
+        _token_state_store(b_new, h_dst, idx, 0, i_n, tok0, valid, head_off, c_tile, c_mask,
+                           slots, idx_cols, s_dst, s_idx0, s_idx1, DST_MODE, EVICT)
+        _final_state_store(b_new, h_dst, i_n, src_row, valid, head_off, c_tile, c_mask, s_dst,
+                           IDX_MODE, DST_MODE, EVICT)
+
+
+@triton.jit
+def _slices_item(p_q, p_k, p_v, p_g, p_beta, p_o, h_src, h_dst, idx, o_k, mask_k, i_v, valid,
+                 seq_len, i_n, tok0, src_row, head_off, b_A, b_bias, scale, softplus_beta,
+                 softplus_threshold, slots, idx_cols, s_qt, s_kt, s_vt, s_gt, s_bt, s_ot,
+                 s_src, s_dst, s_idx0, s_idx1, K: tl.constexpr, V: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr, SBV: tl.constexpr,
+                 STATE_V_FIRST: tl.constexpr, L2NORM: tl.constexpr, GATE_MODE: tl.constexpr,
+                 HAS_DT_BIAS: tl.constexpr, BETA_MODE: tl.constexpr, NEG_EIGVAL: tl.constexpr,
+                 IDX_MODE: tl.constexpr, HAS_H0: tl.constexpr, DST_MODE: tl.constexpr,
+                 EVICT: tl.constexpr):
+    """``seq_len`` tokens of one work item on float32 slices of SBV columns, one after the
+    other, each read from ``h_src`` (a tile that is not held in registers as a whole)."""
+    for s in tl.static_range(BV // SBV):
+        s_tile, s_mask = _state_tile(i_v * (BV // SBV) + s, K, V, BK, SBV, STATE_V_FIRST)
+        s_v = (i_v * (BV // SBV) + s) * SBV + tl.arange(0, SBV)
+        if HAS_H0:
+            b_h = tl.load(h_src + src_row * s_src + head_off + s_tile,
+                          mask=tl.where(valid, s_mask, False), other=0).to(tl.float32)
+        elif STATE_V_FIRST:
+            b_h = tl.zeros([SBV, BK], dtype=tl.float32)
+        else:
+            b_h = tl.zeros([BK, SBV], dtype=tl.float32)
+        _run_tokens(b_h, p_q, p_k, p_v, p_g, p_beta, p_o, h_dst, idx, o_k, s_v, mask_k,
+                    s_v < V, s_tile, s_mask, valid, seq_len, i_n, tok0, src_row, head_off,
+                    b_A, b_bias, scale, softplus_beta, softplus_threshold, slots, idx_cols,
+                    s_qt, s_kt, s_vt, s_gt, s_bt, s_ot, s_dst, s_idx0, s_idx1,
+                    STATE_V_FIRST, L2NORM, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL,
+                    IDX_MODE, DST_MODE, EVICT)
 
 
 @triton.jit(do_not_specialize=["slots", "idx_cols"])
@@ -378,19 +512,21 @@ def gated_delta_recurrent_kernel(
     IS_VARLEN: tl.constexpr, IDX_MODE: tl.constexpr, HAS_NAT: tl.constexpr,
     HAS_H0: tl.constexpr, DST_MODE: tl.constexpr,
     PACKED: tl.constexpr = False, SBV: tl.constexpr = 0, EVICT: tl.constexpr = "",
+    CHUNK_K: tl.constexpr = 0, KEEP_EVICT: tl.constexpr = "",
 ):
     NV: tl.constexpr = (V + BV - 1) // BV
     first = tl.program_id(0) * TILES
     i_v, i_n, i_hv, src_row, valid = _item_start(first, idx, num_accepted, slots, idx_cols,
                                                  s_idx0, s_idx1, HV, NV, IDX_MODE, HAS_NAT)
     tile, mask_h = _state_tile(i_v, K, V, BK, BV, STATE_V_FIRST)
-    if HAS_H0:
+    HOLD: tl.constexpr = HAS_H0 and CHUNK_K == 0  # the tile is loaded up front and held
+    if HOLD:
         h_raw = tl.load(h_src + src_row * s_src + i_hv * (K * V) + tile,
                         mask=tl.where(valid, mask_h, False), other=0, eviction_policy=EVICT)
     for j in tl.static_range(TILES):
         # -- this item's state (loaded one item ahead) -------------------------------------
-        if PACKED:
-            if HAS_H0:
+        if PACKED or CHUNK_K > 0:
+            if HOLD:
                 cur_raw = h_raw  # stays in the state dtype
             else:
                 cur_raw = 0.0
@@ -407,7 +543,7 @@ def gated_delta_recurrent_kernel(
                 first + j + 1, idx, num_accepted, slots, idx_cols, s_idx0, s_idx1, HV, NV,
                 IDX_MODE, HAS_NAT)
             n_tile, n_mask = _state_tile(n_v, K, V, BK, BV, STATE_V_FIRST)
-            if HAS_H0:
+            if HOLD:
                 h_raw = tl.load(h_src + n_row * s_src + n_hv * (K * V) + n_tile,
                                 mask=tl.where(n_valid, n_mask, False), other=0,
                                 eviction_policy=EVICT)
@@ -433,7 +569,7 @@ def gated_delta_recurrent_kernel(
             b_A = tl.exp(tl.load(A_log + i_hv).to(tl.float32))
             if HAS_DT_BIAS:
                 b_bias = tl.load(dt_bias + i_hv).to(tl.float32)
-        if PACKED:
+        if PACKED or CHUNK_K > 0:
             _packed_item(cur_raw, q, k, v, g, beta, o, h_src, h_dst, idx, b_A if GATE_MODE == 2
                          else 0.0, b_bias if GATE_MODE == 2 and HAS_DT_BIAS else 0.0,
                          scale, softplus_beta, softplus_threshold, slots, idx_cols,
@@ -441,7 +577,8 @@ def gated_delta_recurrent_kernel(
                          mask_h, k_off, v_off, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt,
                          s_vh, s_gb, s_gt, s_bb, s_bt, s_ob, s_ot, s_oh, s_src, s_dst, s_idx0,
                          s_idx1, K, V, BK, BV, SBV, STATE_V_FIRST, L2NORM, GATE_MODE,
-                         HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL, IDX_MODE, HAS_H0, DST_MODE, EVICT)
+                         HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL, IDX_MODE, HAS_H0, DST_MODE, EVICT,
+                         CHUNK_K, KEEP_EVICT)
         else:
             # The same token loop as ``_run_tokens``, kept inline: routing it through the
             # helper reorders the generated code of the measured fp32 / unpacked kernels
@@ -558,8 +695,9 @@ def plan_recurrent(
     BK = _pow2(K)
     BV = min(config.BV, _pow2(V))
     SBV = config.slice_bv(BV)
+    CK = 0 if state_v_first or not config.chunk_k else min(config.chunk_k, BK)
     items = N * HV * ((V + BV - 1) // BV)
-    tiles = config.tiles
+    tiles = config.tiles if not CK else 1
     while tiles > 1 and items % tiles:
         tiles //= 2
     if g is None:
@@ -599,7 +737,8 @@ def plan_recurrent(
          h_dst.stride(0) if h_dst is not None else 0, s_idx0, s_idx1),
         (H, HV, K, V, BK, BV, tiles, state_v_first, l2norm, gate_mode, dt_bias is not None,
          beta_mode, neg_eigval, cu_seqlens is not None, idx_mode, num_accepted is not None,
-         h_src is not None, dst_mode, config.packed, SBV, config.evict),
+         h_src is not None, dst_mode, config.packed, SBV, config.evict, CK,
+         config.chunk_evict if CK else ""),
         config.num_warps, config.num_stages, config.options, device if device >= 0 else 0)
 
 
@@ -696,7 +835,10 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
                  HAS_NAT=False, HAS_H0=True, DST_MODE=DST_INPLACE if pool else DST_NEW,
                  PACKED=config.packed,
                  SBV=config.slice_bv(min(config.BV, triton.next_power_of_2(V))),
-                 EVICT=config.evict)
+                 EVICT=config.evict, CHUNK_K=0, KEEP_EVICT="")
+    if config.chunk_k and not state_v_first:
+        const.update(CHUNK_K=min(config.chunk_k, triton.next_power_of_2(K)),
+                     KEEP_EVICT=config.chunk_evict, TILES=1)
     fn = gated_delta_recurrent_kernel
     ordered = {name: ("constexpr" if name in const else sig[name]) for name in fn.arg_names}
     layout = "vk" if state_v_first else "kv"
