@@ -5,7 +5,7 @@ pairs a call has, so small decode batches get more, smaller programs).  Lookups 
 no autotuning ever runs on the hot path.  The sm_90 medium/large entries are the winners of
 the H100 sweep in ``benchmarks/bench_decode.py`` (see docs/performance.md); sm_80 / sm_100
 share them for now (same 128-byte lines, same warp size; the batch buckets scale with the SM
-count), untuned.
+count), untuned, except where ptxas spills there (see ``_TWO_PASS_KV16_SAFE``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,19 @@ _PACKED_VK = RecurrentConfig(BV=16, num_warps=1, packed=True, options=(("maxnreg
 # evict-first helped at B = 32 in 4 of 5 paired H100 measurements (kv BV=32 w1: 0.76 vs
 # 0.71, vk BV=16 w1: 0.84 vs 0.79); at B >= 256 the effect was within noise, either sign
 _EVICT = "evict_first"
+# K-first tiles read twice instead of held (``chunk_k``, "two-pass"): a program can own
+# 128-byte row pieces without holding them.  Why it matters, H100: a pure copy kernel with the
+# tiles of a [128, 32] bf16 program (64-byte row pieces) moves 0.86 of copy bandwidth,
+# [128, 64] (128-byte pieces) 0.94, [16, 128] (whole rows, the V-first tiles) 0.97; the
+# held-tile kv kernel sat at the first figure (0.84-0.86)
+_TWO_PASS_KV16 = RecurrentConfig(BV=64, num_warps=1, chunk_k=64, sub_bv=16, evict=_EVICT)
 RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
-    # medium/large: winners of the H100 sweep of 2026-11-25 (docs/performance.md, "Decode")
-    ("sm_90", False, 4): {"small": RecurrentConfig(BV=16, num_warps=2),
-                          "medium": RecurrentConfig(BV=32, num_warps=2),
-                          "large": RecurrentConfig(BV=64, num_warps=2)},
+    # H100 sweep of 2026-11-25 16:30 UTC (fraction of copy bandwidth through the launcher,
+    # B = 8 / 32 / 256, HV = 32): two-pass BV=32 w1 0.864 / 0.875, BV=64 w2 0.995 at 256
+    # (held tiles: BV=16 w2 0.688 at 8, BV=32 w2 0.839 at 32, BV=64 w2 0.981 at 256)
+    ("sm_90", False, 4): {"small": RecurrentConfig(BV=32, num_warps=1, chunk_k=64),
+                          "medium": RecurrentConfig(BV=32, num_warps=1, chunk_k=64),
+                          "large": RecurrentConfig(BV=64, num_warps=2, chunk_k=64)},
     # vk small / medium: one-warp programs (H100, 2026-11-25 14:57 UTC, fraction of copy
     # bandwidth through the launcher: B=8 BV=8 w1 0.831 vs BV=16 w2 0.739 (fla 0.780);
     # B=32 BV=16 w1 0.894 vs 0.860 (fla 0.874), HV=64 B=32 0.957 vs 0.930 (fla 0.932))
@@ -56,9 +64,12 @@ RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     # BV=64 w2), vk 0.84 / 0.96 / 0.99 (was 0.60 / 0.73 / 0.76 with BV=32 w2).  Wider kv
     # slices need cross-warp reductions (BV=64 w4 packed: 0.70) and one warp cannot hold a
     # [128, 64] tile without spilling; see docs/performance.md.
-    ("sm_90", False, 2): {"small": RecurrentConfig(BV=32, num_warps=2),
-                          "medium": dataclasses.replace(_PACKED_KV, evict=_EVICT),
-                          "large": _PACKED_KV},
+    # K-first 16-bit states (same sweep): two-pass BV=64 w1 with evict-first stores 0.953 at
+    # B = 256 and 0.789 at 32 (packed BV=32 w1: 0.812 / 0.756 with evict-first); B = 8:
+    # packed BV=32 w1 evict-first 0.745 (two-pass 0.573-0.664, BV=32 w2 0.493)
+    ("sm_90", False, 2): {"small": dataclasses.replace(_PACKED_KV, evict=_EVICT),
+                          "medium": _TWO_PASS_KV16,
+                          "large": _TWO_PASS_KV16},
     # small (same sweep, B=8): packed BV=16 w1 cap 104 0.711 vs BV=16 w2 0.565 (with
     # evict-first 0.739, but then the pool / packed-decode variants spill 12-36 B on sm_100)
     ("sm_90", True, 2): {"small": _PACKED_VK,
@@ -76,14 +87,28 @@ for (_arch, _v_first, _elem), _row in list(RECURRENT_TABLE.items()):
                  if cfg.packed and _elem == 2 else cfg)
         for bucket, cfg in _row.items()}
 
+# other arches (untuned): the sm_90 rows, except that the two-pass 16-bit kv tile streams
+# chunks of 32 rows (ptxas for sm_80 / sm_100 spills 8-328 B with 64-row chunks; no spills
+# with 32, whose first pass then keeps half as many loads in flight)
+_TWO_PASS_KV16_SAFE = dataclasses.replace(_TWO_PASS_KV16, chunk_k=32)
+for _arch in ("sm_80", "sm_100"):
+    _row = dict(RECURRENT_TABLE[(_arch, False, 2)] if (_arch, False, 2) in RECURRENT_TABLE
+                else RECURRENT_TABLE[("sm_90", False, 2)])
+    _row.update(medium=_TWO_PASS_KV16_SAFE, large=_TWO_PASS_KV16_SAFE)
+    RECURRENT_TABLE[(_arch, False, 2)] = _row
+    for _key in (("sm_90", False, 4), ("sm_90", True, 4), ("sm_90", True, 2)):
+        RECURRENT_TABLE.setdefault((_arch, *_key[1:]), RECURRENT_TABLE[_key])
+
 _SMALL_PER_SM, _MEDIUM_PER_SM = 4, 32
 _SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
 
 
 def _family(arch: str) -> str:
-    """Table row for an arch: sm_10x has its own (register caps), every other sm_8x/9x/12x
-    shares the sm_90 entries for now."""
-    return "sm_100" if arch.startswith("sm_10") else "sm_90"
+    """Table row for an arch: sm_90 (tuned), sm_10x (register caps), every other arch the
+    sm_80 row (the sm_90 entries with configs that compile without spills there)."""
+    if arch == "sm_90" or arch.startswith("sm_10"):
+        return arch if arch == "sm_90" else "sm_100"
+    return "sm_80"
 
 
 def batch_bucket(n_heads_total: int, sms: int) -> str:
@@ -97,6 +122,12 @@ def batch_bucket(n_heads_total: int, sms: int) -> str:
 def _recurrent(arch: str, sms: int, v_first: bool, elem: int, K: int, V: int,
                n_heads_total: int) -> RecurrentConfig:
     cfg = RECURRENT_TABLE[(_family(arch), v_first, elem)][batch_bucket(n_heads_total, sms)]
+    if cfg.chunk_k and not v_first:
+        # two-pass: the first pass issues every chunk's loads at once, so keep the tile at
+        # <= 512 bytes per thread (the tuned K = 128 tiles), e.g. BV=32 for K = 256
+        while cfg.BV > 8 and _pow2(K) * cfg.BV * elem > 512 * 32 * cfg.num_warps:
+            cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
+        return cfg
     # keep the fp32 state tile at <= 128 values per thread (no spills for K up to 256)
     while cfg.BV > 8 and K * cfg.BV > 128 * 32 * cfg.num_warps:
         cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
