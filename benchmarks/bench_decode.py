@@ -42,7 +42,7 @@ BATCHES = (1, 8, 32, 256, 1024)
 HV64_BATCHES = (32, 256)
 EAGER_BATCHES = (1, 8)
 PACKED_N = 256
-SWEEP_BATCHES = (256, 32)
+SWEEP_BATCHES = (256, 32, 8)
 COPY_ELEMS = 1 << 28
 
 
@@ -91,8 +91,15 @@ def graph_ms(call: Callable[[dict], Any], sets: list[dict], out_bytes: int) -> f
         with torch.cuda.graph(graph):
             for i in range(n):
                 call(sets[i % len(sets)])
+        # warm up for ~50 ms: the first replays after new inputs were allocated run up to
+        # 15% slow (clocks, first touch of the pages), which once made the row measured first
+        # after each new input set look slower than the same kernel measured later
+        warm_until = time.perf_counter() + 0.05
         graph.replay()
         torch.cuda.synchronize()
+        while time.perf_counter() < warm_until:
+            graph.replay()
+            torch.cuda.synchronize()
         times = []
         for _ in range(7):
             start = torch.cuda.Event(enable_timing=True)
@@ -371,15 +378,18 @@ _R = rec.RecurrentConfig
 _MAXNREG = lambda n: (("maxnreg", n),)  # noqa: E731
 SWEEP_CANDIDATES: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
     # (state bytes, v_first) -> candidate configs; "packed" keeps a 16-bit tile in its dtype
-    (4, False): [_R(64, 2), _R(64, 4), _R(128, 4), _R(32, 2), _R(32, 4), _R(32, 4, tiles=2),
-                 _R(64, 4, tiles=2), _R(16, 2), _R(32, 1), _R(16, 1)],
+    # "chunk_k": K-first tiles read twice instead of held (two-pass)
+    (4, False): [_R(64, 2), _R(32, 2), _R(16, 2), _R(32, 1), _R(16, 1),
+                 _R(64, 2, chunk_k=64), _R(64, 2, chunk_k=64, chunk_evict=""),
+                 _R(32, 2, chunk_k=128), _R(32, 1, chunk_k=64), _R(64, 4, chunk_k=128)],
     (4, True): [_R(32, 2), _R(16, 2), _R(64, 4), _R(32, 4), _R(32, 4, tiles=2),
                 _R(16, 2, tiles=2), _R(8, 2), _R(16, 1), _R(8, 1)],
-    (2, False): [_R(64, 2), _R(32, 2), _R(16, 1),
-                 _R(32, 1, packed=True, options=_MAXNREG(200)),
+    (2, False): [_R(32, 2), _R(32, 1, packed=True, options=_MAXNREG(200)),
                  _R(32, 1, packed=True, options=_MAXNREG(200), evict="evict_first"),
-                 _R(16, 1, packed=True, options=_MAXNREG(112)),
-                 _R(16, 1, packed=True, options=_MAXNREG(96)), _R(64, 4, packed=True)],
+                 _R(64, 1, chunk_k=64, sub_bv=16), _R(64, 1, chunk_k=64, sub_bv=16, chunk_evict=""),
+                 _R(64, 1, chunk_k=64, sub_bv=16, evict="evict_first"),
+                 _R(64, 2, chunk_k=64), _R(32, 1, chunk_k=64), _R(32, 2, chunk_k=128),
+                 _R(32, 1, chunk_k=64, chunk_evict="")],
     (2, True): [_R(32, 2), _R(64, 2), _R(16, 1),
                 _R(16, 1, packed=True, options=_MAXNREG(104)),
                 _R(16, 1, packed=True, options=_MAXNREG(96)),
@@ -387,12 +397,14 @@ SWEEP_CANDIDATES: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
                 _R(16, 1, packed=True), _R(8, 1, packed=True),
                 _R(32, 1, packed=True, options=_MAXNREG(168))],
 }
-SWEEP_BUCKET = {256: "large", 32: "medium"}
+SWEEP_BUCKET = {256: "large", 32: "medium", 8: "small"}
 
 
 def _cfg_text(cfg: rec.RecurrentConfig) -> str:
     """Short text of a recurrent config: BV=32 w1 tiles=1 [packed] [maxnreg=200] [evict]."""
     out = f"BV={cfg.BV} w{cfg.num_warps} tiles={cfg.tiles}"
+    if cfg.chunk_k:
+        out += f" two-pass chunk_k={cfg.chunk_k} {cfg.chunk_evict or 'no-hint'}"
     if cfg.packed:
         out += " packed" + (f" sub_bv={cfg.sub_bv}" if cfg.sub_bv else "")
     out += "".join(f" {name}={value}" for name, value in cfg.options)

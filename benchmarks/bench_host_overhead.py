@@ -3,7 +3,7 @@
 Per-call host wall clock (median of ``reps`` runs of ``n`` back-to-back calls, synced at the
 end) of:
 
-- decode, B = 1 and 8, Qwen3-Next heads (H=16, HV=32, K=V=128, bf16), the issue's flags
+- decode, B = 1 and 8 (interleaved rounds, differences taken within a round), Qwen3-Next heads (H=16, HV=32, K=V=128, bf16), the issue's flags
   (gating and beta sigmoid in kernel, l2norm, ``cu_seqlens=arange``, fp32 initial state,
   ``output_final_state=True``), both state layouts, through ``gdn.fused_recurrent_gated_delta_rule``;
   the same call through the backend implementation (decision cached by the dispatcher), and
@@ -96,6 +96,39 @@ def decode_inputs(B: int, v_first: bool, seed: int = 0) -> dict:
                 cu=torch.arange(B + 1, device=DEV, dtype=torch.int32))
 
 
+def paired_us(fns: dict[str, Callable[[], Any]], n: int = 200,
+              rounds: int = 21) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Interleaved timing: each round runs ``n`` back-to-back calls of every function in turn
+    (synced before and after each block).  Returns the median us per call of each function
+    and the per-round figures, so differences can be taken within a round (the lent
+    machine's host speed drifts by 2x between minutes: sequential blocks are not comparable).
+    """
+    if _SMOKE:
+        n, rounds = 2, 1
+    for fn in fns.values():
+        for _ in range(2 if _SMOKE else 20):
+            fn()
+    _sync()
+    per_round = []
+    for _ in range(rounds):
+        row = {}
+        for name, fn in fns.items():
+            _sync()
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            _sync()
+            row[name] = (time.perf_counter() - t) / n * 1e6
+        per_round.append(row)
+    medians = {name: statistics.median(r[name] for r in per_round) for name in fns}
+    return medians, per_round
+
+
+def _paired_diff(per_round: list[dict[str, float]], a: str, b: str) -> float:
+    """Median over rounds of (a - b) within each round."""
+    return statistics.median(r[a] - r[b] for r in per_round)
+
+
 def _decision(op: str) -> tuple[Callable[..., Any], Any]:
     """The most recently cached (impl, meta) of ``op``."""
     hits = [v for k, v in dispatch._DECISIONS.items() if k[0] == op]
@@ -125,18 +158,31 @@ def decode_rows(results: dict) -> None:
                 plan.launch.launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"],
                                    x["dt_bias"], o, x["h0"], h_dst, x["cu"], None, None)
 
-            row = dict(B=B, layout="vk" if v_first else "kv",
-                       gdn_us=eager_us(via_gdn),
-                       impl_us=eager_us(lambda full=full, impl=impl, meta=meta:
-                                        impl(*full, meta=meta)),
-                       launcher_us=eager_us(launcher))
-            row["dispatch_us"] = row["gdn_us"] - row["impl_us"]
-            row["gdn_minus_launcher_us"] = row["gdn_us"] - row["launcher_us"]
+            def launcher_alloc(x=x, plan=plan):  # what a caller of the launcher writes
+                o = torch.empty(plan.o_shape, dtype=plan.o_dtype, device=DEV)
+                h_dst = torch.empty(plan.state_shape, dtype=plan.state_dtype, device=DEV)
+                plan.launch.launch(x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"],
+                                   x["dt_bias"], o, x["h0"], h_dst, x["cu"], None, None)
+                return o, h_dst
+
+            med, per_round = paired_us(dict(
+                gdn=via_gdn, impl=lambda full=full, impl=impl, meta=meta: impl(*full, meta=meta),
+                launcher=launcher, launcher_alloc=launcher_alloc))
+            row = dict(B=B, layout="vk" if v_first else "kv", gdn_us=med["gdn"],
+                       impl_us=med["impl"], launcher_us=med["launcher"],
+                       launcher_alloc_us=med["launcher_alloc"])
+            # paired (same round) differences: the dispatch layer, and gdn against the
+            # backend's launch plan called directly with the caller allocating the outputs
+            row["dispatch_us"] = _paired_diff(per_round, "gdn", "impl")
+            row["gdn_minus_launcher_alloc_us"] = _paired_diff(per_round, "gdn", "launcher_alloc")
+            row["gdn_minus_launcher_us"] = _paired_diff(per_round, "gdn", "launcher")
             rows.append(row)
             print(f"decode B={B} {row['layout']}: gdn {row['gdn_us']:.1f} us, impl "
-                  f"{row['impl_us']:.1f}, launch plan {row['launcher_us']:.1f}; dispatch layer "
-                  f"{row['dispatch_us']:.1f}, gdn - launcher {row['gdn_minus_launcher_us']:.1f}",
-                  flush=True)
+                  f"{row['impl_us']:.1f}, launch plan {row['launcher_us']:.1f} (with "
+                  f"torch.empty outputs {row['launcher_alloc_us']:.1f}); paired: dispatch layer "
+                  f"{row['dispatch_us']:.1f}, gdn - launcher with outputs "
+                  f"{row['gdn_minus_launcher_alloc_us']:.1f}, gdn - launcher "
+                  f"{row['gdn_minus_launcher_us']:.1f}", flush=True)
     results["decode"] = rows
 
 
