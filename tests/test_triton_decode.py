@@ -524,13 +524,12 @@ def test_packed_tile(monkeypatch, cfg, K, V):
     check_packed_tile(DEV, torch.bfloat16, K=K, V=V, big=True, state_dtypes=STATE_DTYPES)
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(BV=64, num_warps=1, chunk_k=64, sub_bv=16),
-    dict(BV=64, num_warps=2, chunk_k=64, chunk_evict="evict_last"),
-    dict(BV=32, num_warps=2, chunk_k=128, evict="evict_first"),
-    dict(BV=16, num_warps=1, chunk_k=32, packed=True, chunk_evict=""),
-], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-@pytest.mark.parametrize("K,V", [(128, 128), (64, 96), (256, 64)])
+@pytest.mark.parametrize("cfg,K,V", [
+    (dict(BV=64, num_warps=1, chunk_k=64, sub_bv=16, evict="evict_first"), 128, 128),
+    (dict(BV=32, num_warps=1, chunk_k=64, sub_bv=16), 256, 64),
+    (dict(BV=64, num_warps=2, chunk_k=64, chunk_evict=""), 64, 96),
+    (dict(BV=16, num_warps=1, chunk_k=32, packed=True), 128, 128),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, dict) else str(c))
 def test_two_pass_tile(monkeypatch, cfg, K, V):
     """K-first tiles read twice instead of held (``RecurrentConfig.chunk_k``): every state
     mode and dtype (V-first calls of the same config ignore ``chunk_k``)."""
