@@ -184,3 +184,20 @@ def test_two_pass_tile(monkeypatch, kw):
     for K, V in ((16, 32), (16, 24)):
         check_packed_tile(CPU, F32, K=K, V=V, big=False,
                           state_dtypes=[torch.float32, torch.float16, torch.bfloat16])
+
+
+@pytest.mark.parametrize("bucket", ["medium", "large"])
+def test_two_pass_table_configs(monkeypatch, bucket):
+    """The sm_90 table's two-pass configs for K-first 16-bit states, as they are (BV=64, 64-row
+    chunks, K = V = 128): one-token pool decode with padding, bf16 and fp16 pools (and a
+    float32 pool through the same config, for a tight tolerance)."""
+    from gdn_dispatch.backends.triton_cuda import configs as cuda_configs
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    cfg = cuda_configs.RECURRENT_TABLE[("sm_90", False, 2)][bucket]
+    assert cfg.chunk_k, cfg
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
+    for sd in (torch.float32, torch.bfloat16, torch.float16):
+        check_recurrent_pool(CPU, F32, sd, N=3, T=1, H=1, HV=2, K=128, V=128, v_first=False,
+                             inplace=True)
