@@ -25,6 +25,13 @@ the tile is ever live.  Other lengths (spec decode, short prefill) run the token
 float32 slices of ``sub_bv`` columns, re-read one after the other; zero tokens pass the
 state through.  Which one runs is decided per sequence in the kernel (no host sync).
 
+Two-pass K-first tiles (``RecurrentConfig.chunk_k``): a one-token sequence reads its
+``[K, BV]`` tile twice instead of holding it -- chunks of ``chunk_k`` rows for ``k @ S`` and
+``q @ S`` (loads kept in L2 for the second read), then the same chunks again for the new
+state.  Nothing bounds the tile by registers, so a program can own 128-byte row pieces (BV =
+64 for 16-bit states); 64-byte pieces cap a K-first program near 0.86 of copy bandwidth on
+H100, whatever it computes.  Other lengths run the float32 slices of the packed mode.
+
 Safety: any pool index outside ``[0, slots)`` makes its sequence padding (outputs zero,
 nothing read or written); indices are read in the kernel, so nothing syncs the host.
 """
