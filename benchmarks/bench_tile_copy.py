@@ -38,6 +38,17 @@ def tile_copy_kernel(src, dst, C: tl.constexpr, BR: tl.constexpr, BC: tl.constex
     tl.store(dst + off, tl.load(src + off))
 
 
+def _ms(fn) -> float:
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def _copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
+    src = torch.randn(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / (_ms(lambda: dst.copy_(src)) * 1e-3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -45,20 +56,15 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure")
         return
-    ms = lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=100,  # noqa: E731
-                                                  return_mode="median"))
-    big = torch.randn(1 << 28, device="cuda")
-    big_dst = torch.empty_like(big)
-    copy_bw = 2 * big.numel() * 4 / (ms(lambda: big_dst.copy_(big)) * 1e-3)
-    del big, big_dst
+    copy_bw = _copy_bandwidth()
     src = torch.randn(256 * 32 * 128, 128, device="cuda").to(torch.bfloat16)
     dst = torch.empty_like(src)
     rows = []
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {copy_bw / 1e9:.0f} GB/s")
     for name, BR, BC, warps in TILES:
         grid = (src.shape[0] // BR * (128 // BC),)
-        t = ms(lambda: tile_copy_kernel[grid](src, dst, C=128, BR=BR, BC=BC,  # noqa: B023
-                                              num_warps=warps))
+        t = _ms(lambda grid=grid, BR=BR, BC=BC, warps=warps: tile_copy_kernel[grid](
+            src, dst, C=128, BR=BR, BC=BC, num_warps=warps))
         assert torch.equal(dst, src), name
         frac = 2 * src.numel() * 2 / (t * 1e-3) / copy_bw
         rows.append(dict(tile=name, warps=warps, us=t * 1e3, frac=frac))
