@@ -589,14 +589,14 @@ def gated_delta_recurrent_kernel(
         else:
             # The same token loop as ``_run_tokens``, kept inline: routing it through the
             # helper reorders the generated code of the measured fp32 / unpacked kernels
-            # (PTX differs on every spec); merge once a GPU run can re-measure them.
+            # (PTX differs on 36 of 72 specs); merge once a GPU run can re-measure them.
+            # The gates come from ``_token_gates`` (compiled code identical to the inline
+            # copy it replaced: sm_80, sm_90 PTX and gfx942 asm, debug info stripped).
             p_q = q + row * s_qb + bos * s_qt + i_h * s_qh + o_k
             p_k = k + k_off + row * s_kb + bos * s_kt + i_h * s_kh + o_k
             p_v = v + v_off + row * s_vb + bos * s_vt + i_hv * s_vh + o_v
-            if GATE_MODE != 0:
-                p_g = g + row * s_gb + bos * s_gt + i_hv
-            if BETA_MODE != 0:
-                p_beta = beta + row * s_bb + bos * s_bt + i_hv
+            p_g = g + row * s_gb + bos * s_gt + i_hv if GATE_MODE != 0 else g
+            p_beta = beta + row * s_bb + bos * s_bt + i_hv if BETA_MODE != 0 else beta
             p_o = o + row * s_ob + bos * s_ot + i_hv * s_oh + o_v
 
             for t in range(0, seq_len):
@@ -614,24 +614,11 @@ def gated_delta_recurrent_kernel(
                     b_kS = tl.sum(b_h * b_k[:, None], 0)
                     b_qS = tl.sum(b_h * b_q[:, None], 0)
                 b_qk = tl.sum(b_q * b_k)
-                if BETA_MODE == 0:
-                    b_beta = 1.0
-                elif BETA_MODE == 1:
-                    b_beta = tl.load(p_beta).to(tl.float32)
-                else:
-                    b_beta = tl.sigmoid(tl.load(p_beta).to(tl.float32))
-                    if NEG_EIGVAL:
-                        b_beta = b_beta * 2.0
+                b_beta, b_alpha = _token_gates(
+                    p_g, p_beta, b_A if GATE_MODE == 2 else 0.0,
+                    b_bias if GATE_MODE == 2 and HAS_DT_BIAS else 0.0, softplus_beta,
+                    softplus_threshold, GATE_MODE, HAS_DT_BIAS, BETA_MODE, NEG_EIGVAL)
                 if GATE_MODE != 0:
-                    b_g = tl.load(p_g).to(tl.float32)
-                    if GATE_MODE == 2:
-                        if HAS_DT_BIAS:
-                            b_g = b_g + b_bias
-                        b_x = b_g * softplus_beta
-                        b_sp = tl.where(b_x <= softplus_threshold,
-                                        tl.log(1.0 + tl.exp(b_x)) / softplus_beta, b_g)
-                        b_g = -b_A * b_sp
-                    b_alpha = tl.exp(b_g)
                     b_kS = b_kS * b_alpha
                     b_qS = b_qS * b_alpha
                 b_u = b_beta * (b_v - b_kS)
