@@ -91,13 +91,13 @@ for (_arch, _v_first, _elem), _row in list(RECURRENT_TABLE.items()):
 # chunks of 32 rows (ptxas for sm_80 / sm_100 spills 8-328 B with 64-row chunks; no spills
 # with 32, whose first pass then keeps half as many loads in flight)
 _TWO_PASS_KV16_SAFE = dataclasses.replace(_TWO_PASS_KV16, chunk_k=32)
+for (_arch, _v_first, _elem), _row in list(RECURRENT_TABLE.items()):
+    if _arch == "sm_90":
+        RECURRENT_TABLE[("sm_80", _v_first, _elem)] = dict(_row)
 for _arch in ("sm_80", "sm_100"):
-    _row = dict(RECURRENT_TABLE[(_arch, False, 2)] if (_arch, False, 2) in RECURRENT_TABLE
-                else RECURRENT_TABLE[("sm_90", False, 2)])
-    _row.update(medium=_TWO_PASS_KV16_SAFE, large=_TWO_PASS_KV16_SAFE)
-    RECURRENT_TABLE[(_arch, False, 2)] = _row
-    for _key in (("sm_90", False, 4), ("sm_90", True, 4), ("sm_90", True, 2)):
-        RECURRENT_TABLE.setdefault((_arch, *_key[1:]), RECURRENT_TABLE[_key])
+    RECURRENT_TABLE[(_arch, False, 2)] = {**RECURRENT_TABLE[(_arch, False, 2)],
+                                          "medium": _TWO_PASS_KV16_SAFE,
+                                          "large": _TWO_PASS_KV16_SAFE}
 
 _SMALL_PER_SM, _MEDIUM_PER_SM = 4, 32
 _SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
