@@ -16,7 +16,8 @@ import json
 import torch
 import triton
 import triton.language as tl
-import triton.testing
+from bench_decode import bench_ms as _ms
+from bench_decode import copy_bandwidth as _copy_bandwidth
 
 # (name, rows per program, columns per program, warps); heads are [128, 128]
 TILES = [("kv [128, 16] (32-byte pieces)", 128, 16, 1),
@@ -36,17 +37,6 @@ def tile_copy_kernel(src, dst, C: tl.constexpr, BR: tl.constexpr, BC: tl.constex
     cols = (pid % NC) * BC + tl.arange(0, BC)
     off = rows[:, None] * C + cols[None, :]
     tl.store(dst + off, tl.load(src + off))
-
-
-def _ms(fn) -> float:
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
-def _copy_bandwidth() -> float:
-    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
-    src = torch.randn(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / (_ms(lambda: dst.copy_(src)) * 1e-3)
 
 
 def main() -> None:
