@@ -1,0 +1,247 @@
+"""Small decode batches and speculative decoding, against fla 0.6.0 and the copy roofline.
+
+Two sections (``--sections small,spec``), Qwen3-Next shapes (H=16, HV=32, K=V=128, bf16
+inputs), GPU times from CUDA-graph replays (``bench_decode.graph_ms``):
+
+- ``small``: B = 1, 2, 4, 8 one-token sequences, every state dtype / layout.  The config the
+  CUDA table picks, a few alternatives (through the launcher, outputs allocated once) and fla
+  are timed in interleaved rounds (each round times every candidate once, in a rotated
+  order), so a drift of the GPU's clocks between minutes hits every candidate alike; the
+  median over rounds is reported.  This is where a program's latency, not the bandwidth,
+  sets the time (the whole state of B=1 is 1-2 MB).
+- ``spec``: N sequences of T = 1-4 tokens (speculative decoding).  Ours through ``gdn`` two
+  ways: the final state only (the call fla makes, side by side with fla), and the vLLM
+  spec-decode pool mode (``ssm_state_indices`` ``[N, T]``, ``num_accepted_tokens``: the
+  state after every token is written into the pool, so T states are written per sequence).
+  Bytes counted: states read + written in the dtype each one really uses, plus q, k, v, o.
+
+Usage: ``python benchmarks/bench_decode_small.py [--sections small,spec] [--out FILE]``.
+"""
+
+# ruff: noqa: B023  (closures are called inside the loop iteration that defines them)
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import traceback
+from typing import Any
+
+import torch
+import triton
+from bench_decode import (
+    DEV,
+    H,
+    K,
+    Rotating,
+    V,
+    _fla,
+    call_kwargs,
+    copy_bandwidth,
+    decode_inputs,
+    graph_ms,
+    io_bytes,
+)
+from gdn_dispatch.backends.triton_common import recurrent as rec
+from gdn_dispatch.backends.triton_cuda import configs as cuda_configs
+
+import gdn_dispatch as gdn
+
+HV = 32
+SMALL_BATCHES = (1, 2, 4, 8)
+ROUNDS = 3
+_R = rec.RecurrentConfig
+_EF = "evict_first"
+# alternatives to the table's pick, per (state bytes, v_first); fla's own choice is BV=8 w1
+# with a float32 tile (one program per 8 value columns)
+SMALL_CANDIDATES: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
+    (4, False): [_R(8, 1), _R(16, 1), _R(32, 1, chunk_k=64, evict=_EF), _R(16, 1, chunk_k=64)],
+    (4, True): [_R(8, 1, evict=_EF), _R(16, 1), _R(8, 2), _R(16, 1, evict=_EF)],
+    (2, False): [_R(8, 1), _R(16, 1), _R(16, 1, packed=True, evict=_EF),
+                 _R(32, 1, chunk_k=64, evict=_EF)],
+    (2, True): [_R(8, 1), _R(8, 1, packed=True), _R(16, 1), _R(8, 1, evict=_EF)],
+}
+SPEC_N = (32, 256)
+SPEC_T = (1, 2, 3, 4)
+
+
+def _cfg_text(cfg: rec.RecurrentConfig) -> str:
+    out = f"BV={cfg.BV} w{cfg.num_warps}"
+    if cfg.chunk_k:
+        out += f" two-pass{cfg.chunk_k}"
+    if cfg.packed:
+        out += " packed"
+    out += "".join(f" {n}={v}" for n, v in cfg.options)
+    return out + (f" {cfg.evict}" if cfg.evict else "")
+
+
+def _launcher(cfg: rec.RecurrentConfig, B: int, v_first: bool, o: torch.Tensor,
+              h_out: torch.Tensor):
+    def run(x: dict) -> None:
+        rec.launch_recurrent(
+            x["q"], x["k"], x["v"], o, config=cfg, N=B, T=B, H=H, HV=HV, K=K, V=V,
+            scale=K ** -0.5, q_strides=(0, H * K, K), k_strides=(0, H * K, K),
+            v_strides=(0, HV * V, V), o_strides=(0, HV * V, V), g=x["a"],
+            gate_mode=rec.GATE_RAW, A_log=x["A_log"], dt_bias=x["dt_bias"], beta=x["b"],
+            beta_mode=rec.BETA_SIGMOID, l2norm=True, state_v_first=v_first,
+            cu_seqlens=x["cu"], h_src=x["h0"], h_dst=h_out, dst_mode=rec.DST_NEW)
+    return run
+
+
+def small_batches(copy_bw: float, fla_fn, results: dict) -> None:
+    """Table config vs alternatives vs fla at B = 1-8, interleaved rounds."""
+    rows = []
+    for state_dtype in (torch.float32, torch.bfloat16):
+        for v_first in (False, True):
+            es = state_dtype.itemsize
+            for B in SMALL_BATCHES:
+                sbytes = B * HV * K * V * es
+                rot = Rotating(lambda i: decode_inputs(B, HV, state_dtype, v_first, i),
+                               sbytes + io_bytes(B, HV))
+                o = torch.empty(1, B, HV, V, device=DEV, dtype=torch.bfloat16)
+                h_out = torch.empty_like(rot.sets[0]["h0"])
+                table = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype,
+                                                               K, V, B * HV)
+                runners: dict[str, Any] = {"table " + _cfg_text(table):
+                                           _launcher(table, B, v_first, o, h_out)}
+                for cfg in SMALL_CANDIDATES[(es, v_first)]:
+                    if cfg != table:
+                        runners[_cfg_text(cfg)] = _launcher(cfg, B, v_first, o, h_out)
+
+                def via_gdn(x):
+                    return gdn.fused_recurrent_gated_delta_rule(
+                        x["q"], x["k"], x["v"], x["a"], x["b"], **call_kwargs(x, v_first))
+                runners["gdn"] = via_gdn
+                if fla_fn is not None:
+                    runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
+                                                      **call_kwargs(x, v_first))
+                times: dict[str, list[float]] = {name: [] for name in runners}
+                names = list(runners)
+                for r in range(ROUNDS):
+                    for name in names[r % len(names):] + names[:r % len(names)]:
+                        try:
+                            times[name].append(graph_ms(runners[name], rot.sets, sbytes))
+                        except Exception as exc:  # a candidate that does not build or run
+                            times[name].append(float("nan"))
+                            print(f"{name}: {exc!r}"[:200], flush=True)
+                row: dict[str, Any] = dict(state=str(state_dtype)[6:],
+                                           layout="vk" if v_first else "kv", B=B)
+                ours_bytes = 2 * sbytes + io_bytes(B, HV)
+                for name, ts in times.items():
+                    ms = statistics.median(ts)
+                    row[name] = dict(us=ms * 1e3, frac=ours_bytes / (ms * 1e-3) / copy_bw,
+                                     rounds_us=[t * 1e3 for t in ts])
+                rows.append(row)
+                best = min((n for n in times if n != "fla"), key=lambda n: row[n]["us"])
+                fla_us = row["fla"]["us"] if "fla" in row else float("nan")
+                others = " | ".join(f"{n} {row[n]['us']:.2f}" for n in names
+                                    if n not in ("gdn", "fla"))
+                print(f"small {row['state']:8s} {row['layout']} B={B}: gdn {row['gdn']['us']:.2f}"
+                      f" us | {others} | fla {fla_us:.2f} | best {best}", flush=True)
+                rot = None
+    results["small"] = rows
+
+
+def _spec_inputs(N: int, T: int, state_dtype: torch.dtype, v_first: bool, seed: int) -> dict:
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    dt = torch.bfloat16
+    r = lambda *s: torch.randn(*s, device=DEV, generator=gen)  # noqa: E731
+    shape = (N, HV, V, K) if v_first else (N, HV, K, V)
+    slots = N * (T + 1)
+    pool_shape = (slots,) + shape[1:]
+    perm = torch.randperm(slots, device=DEV, generator=gen)
+    return dict(q=r(1, N * T, H, K).to(dt), k=r(1, N * T, H, K).to(dt),
+                v=r(1, N * T, HV, V).to(dt), a=r(1, N * T, HV).to(dt),
+                b=r(1, N * T, HV).to(dt), A_log=r(HV).abs().log(), dt_bias=r(HV),
+                h0=(0.1 * r(*shape)).to(state_dtype), pool=(0.1 * r(*pool_shape)).to(state_dtype),
+                idx=perm[: N * T].view(N, T).to(torch.int32).contiguous(),
+                nat=torch.randint(1, T + 1, (N,), device=DEV, generator=gen, dtype=torch.int32),
+                cu=torch.arange(0, N * T + 1, T, device=DEV, dtype=torch.int64))
+
+
+def spec_decode(copy_bw: float, fla_fn, results: dict) -> None:
+    """T = 1-4 tokens per sequence: final state only (vs fla) and the spec-decode pool mode."""
+    rows = []
+    for state_dtype in (torch.float32, torch.bfloat16):
+        for v_first in (False, True):
+            es = state_dtype.itemsize
+            for N in SPEC_N:
+                for T in SPEC_T:
+                    sbytes = N * HV * K * V * es
+                    io = io_bytes(N * T, HV)
+                    rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
+                                   sbytes * (T + 2) + io)
+                    kw = lambda x: call_kwargs(x, v_first)  # noqa: E731
+
+                    def final_only(x):
+                        return gdn.fused_recurrent_gated_delta_rule(
+                            x["q"], x["k"], x["v"], x["a"], x["b"], **kw(x))
+
+                    def pool_mode(x):
+                        args = {**kw(x), "initial_state": x["pool"], "output_final_state": False}
+                        return gdn.fused_recurrent_gated_delta_rule(
+                            x["q"], x["k"], x["v"], x["a"], x["b"], **args,
+                            ssm_state_indices=x["idx"], num_accepted_tokens=x["nat"],
+                            inplace_final_state=True)
+
+                    runners: dict[str, Any] = {"final": final_only, "spec_pool": pool_mode}
+                    if fla_fn is not None:
+                        runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"],
+                                                          beta=x["b"], **kw(x))
+                    times: dict[str, list[float]] = {n: [] for n in runners}
+                    names = list(runners)
+                    for r in range(ROUNDS):
+                        for name in names[r % len(names):] + names[:r % len(names)]:
+                            try:
+                                times[name].append(graph_ms(runners[name], rot.sets, sbytes))
+                            except Exception as exc:
+                                times[name].append(float("nan"))
+                                print(f"{name}: {exc!r}"[:200], flush=True)
+                    byte_counts = {"final": 2 * sbytes + io, "spec_pool": (1 + T) * sbytes + io,
+                                   "fla": sbytes + N * HV * K * V * 4 + io}
+                    row: dict[str, Any] = dict(state=str(state_dtype)[6:],
+                                               layout="vk" if v_first else "kv", N=N, T=T)
+                    for name, ts in times.items():
+                        ms = statistics.median(ts)
+                        row[name] = dict(us=ms * 1e3,
+                                         frac=byte_counts[name] / (ms * 1e-3) / copy_bw,
+                                         rounds_us=[t * 1e3 for t in ts])
+                    rows.append(row)
+                    print(f"spec {row['state']:8s} {row['layout']} N={N:4d} T={T}: "
+                          + " | ".join(f"{n} {row[n]['us']:.1f} us ({row[n]['frac']:.3f})"
+                                       for n in names), flush=True)
+                    rot = None
+    results["spec"] = rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_decode_small.json")
+    ap.add_argument("--sections", default="small,spec")
+    args = ap.parse_args()
+    start = time.time()
+    props = torch.cuda.get_device_properties(0)
+    results: dict[str, Any] = dict(device=props.name, torch=torch.__version__,
+                                   triton=triton.__version__,
+                                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    fla_fn = _fla()
+    bw = copy_bandwidth()
+    results["copy_GBps"] = bw / 1e9
+    print(f"{props.name} torch {torch.__version__} triton {triton.__version__}; "
+          f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    steps = {"small": lambda: small_batches(bw, fla_fn, results),
+             "spec": lambda: spec_decode(bw, fla_fn, results)}
+    for name in args.sections.split(","):
+        try:
+            steps[name]()
+        except Exception:
+            traceback.print_exc()
+            results.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    print(f"total {time.time() - start:.0f} s; wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
