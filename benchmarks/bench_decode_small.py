@@ -170,8 +170,10 @@ def spec_decode(copy_bw: float, fla_fn, results: dict) -> None:
                 for T in SPEC_T:
                     sbytes = N * HV * K * V * es
                     io = io_bytes(N * T, HV)
+                    # rotate by the bytes one call touches (the pool's untouched slots
+                    # do not count), so that small states are not served from L2
                     rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
-                                   sbytes * (T + 2) + io)
+                                   2 * sbytes + io)
                     kw = lambda x: call_kwargs(x, v_first)  # noqa: E731
 
                     def final_only(x):
