@@ -56,12 +56,26 @@ _EF = "evict_first"
 # alternatives to the table's pick, per (state bytes, v_first); fla's own choice is BV=8 w1
 # with a float32 tile (one program per 8 value columns)
 SMALL_CANDIDATES: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
-    (4, False): [_R(8, 1), _R(16, 1), _R(32, 1, chunk_k=64, evict=_EF), _R(16, 1, chunk_k=64)],
+    (4, False): [_R(8, 1), _R(16, 1), _R(32, 1, chunk_k=64, evict=_EF), _R(16, 1, chunk_k=64),
+                 _R(16, 1, evict=_EF), _R(16, 1, chunk_k=64, evict=_EF)],
     (4, True): [_R(8, 1, evict=_EF), _R(16, 1), _R(8, 2), _R(16, 1, evict=_EF)],
     (2, False): [_R(8, 1), _R(16, 1), _R(16, 1, packed=True, evict=_EF),
                  _R(32, 1, chunk_k=64, evict=_EF)],
-    (2, True): [_R(8, 1), _R(8, 1, packed=True), _R(16, 1), _R(8, 1, evict=_EF)],
+    (2, True): [_R(8, 1), _R(8, 1, packed=True), _R(16, 1), _R(8, 1, evict=_EF),
+                _R(8, 1, packed=True, evict=_EF)],
 }
+# several tokens per sequence: the tile is held in float32 (or run in float32 slices) while
+# the tokens go through one after the other, so a token's latency (loads, two reductions)
+# counts T times; candidates with more, smaller programs (fla: BV=8 w1)
+MULTI_CANDIDATES: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
+    (4, False): [_R(8, 1), _R(16, 1), _R(32, 1), _R(32, 2), _R(16, 1, evict=_EF)],
+    (4, True): [_R(8, 1), _R(16, 1), _R(8, 1, evict=_EF), _R(16, 2), _R(32, 2)],
+    (2, False): [_R(8, 1), _R(16, 1), _R(32, 1), _R(32, 2), _R(16, 1, evict=_EF)],
+    (2, True): [_R(8, 1), _R(16, 1), _R(8, 1, evict=_EF), _R(32, 2),
+                _R(16, 1, packed=True, options=(("maxnreg", 104),))],
+}
+MULTI_N = (32, 256)
+MULTI_T = (2, 4)
 SPEC_N = (32, 256)
 SPEC_T = (1, 2, 3, 4)
 
@@ -217,6 +231,75 @@ def spec_decode(copy_bw: float, fla_fn, results: dict) -> None:
     results["spec"] = rows
 
 
+def _multi_launcher(cfg: rec.RecurrentConfig, N: int, T: int, v_first: bool, pool: bool,
+                    o: torch.Tensor, h_out: torch.Tensor):
+    def run(x: dict) -> None:
+        kw: dict[str, Any] = dict(h_src=x["h0"], h_dst=h_out, dst_mode=rec.DST_NEW)
+        if pool:
+            kw = dict(h_src=x["pool"], h_dst=x["pool"], idx=x["idx"], idx_mode=rec.IDX_SPEC,
+                      num_accepted=x["nat"], dst_mode=rec.DST_SPEC_INPLACE)
+        rec.launch_recurrent(
+            x["q"], x["k"], x["v"], o, config=cfg, N=N, T=N * T, H=H, HV=HV, K=K, V=V,
+            scale=K ** -0.5, q_strides=(0, H * K, K), k_strides=(0, H * K, K),
+            v_strides=(0, HV * V, V), o_strides=(0, HV * V, V), g=x["a"],
+            gate_mode=rec.GATE_RAW, A_log=x["A_log"], dt_bias=x["dt_bias"], beta=x["b"],
+            beta_mode=rec.BETA_SIGMOID, l2norm=True, state_v_first=v_first,
+            cu_seqlens=x["cu"], **kw)
+    return run
+
+
+def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
+    """Configs for T > 1 tokens per sequence: final state (vs fla) and spec pool mode."""
+    rows = []
+    for state_dtype in (torch.float32, torch.bfloat16):
+        for v_first in (False, True):
+            es = state_dtype.itemsize
+            for N in MULTI_N:
+                for T in MULTI_T:
+                    sbytes = N * HV * K * V * es
+                    io = io_bytes(N * T, HV)
+                    rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
+                                   2 * sbytes + io)
+                    o = torch.empty(1, N * T, HV, V, device=DEV, dtype=torch.bfloat16)
+                    h_out = torch.empty_like(rot.sets[0]["h0"])
+                    table = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype,
+                                                                   K, V, N * HV)
+                    cands = [table] + [c for c in MULTI_CANDIDATES[(es, v_first)] if c != table]
+                    for pool in (False, True):
+                        runners: dict[str, Any] = {}
+                        for n, cfg in enumerate(cands):
+                            name = ("table " if n == 0 else "") + _cfg_text(cfg)
+                            runners[name] = _multi_launcher(cfg, N, T, v_first, pool, o, h_out)
+                        if fla_fn is not None and not pool:
+                            runners["fla"] = lambda x: fla_fn(
+                                x["q"], x["k"], x["v"], x["a"], beta=x["b"],
+                                **call_kwargs(x, v_first))
+                        times: dict[str, list[float]] = {n: [] for n in runners}
+                        names = list(runners)
+                        for r in range(ROUNDS):
+                            for name in names[r % len(names):] + names[:r % len(names)]:
+                                try:
+                                    times[name].append(graph_ms(runners[name], rot.sets, sbytes))
+                                except Exception as exc:
+                                    times[name].append(float("nan"))
+                                    print(f"{name}: {exc!r}"[:200], flush=True)
+                        nbytes = ((1 + T) if pool else 2) * sbytes + io
+                        row: dict[str, Any] = dict(state=str(state_dtype)[6:],
+                                                   layout="vk" if v_first else "kv", N=N, T=T,
+                                                   mode="spec_pool" if pool else "final")
+                        for name, ts in times.items():
+                            ms = statistics.median(ts)
+                            row[name] = dict(us=ms * 1e3, frac=nbytes / (ms * 1e-3) / copy_bw)
+                        rows.append(row)
+                        best = min((n for n in names if n != "fla"), key=lambda n: row[n]["us"])
+                        print(f"multi {row['state']:8s} {row['layout']} N={N:4d} T={T} "
+                              f"{row['mode']:9s}: "
+                              + " | ".join(f"{n} {row[n]['us']:.1f}" for n in names)
+                              + f" | best {best}", flush=True)
+                    rot = None
+    results["multi"] = rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_decode_small.json")
@@ -233,7 +316,8 @@ def main() -> None:
     print(f"{props.name} torch {torch.__version__} triton {triton.__version__}; "
           f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     steps = {"small": lambda: small_batches(bw, fla_fn, results),
-             "spec": lambda: spec_decode(bw, fla_fn, results)}
+             "spec": lambda: spec_decode(bw, fla_fn, results),
+             "multi": lambda: multi_token(bw, fla_fn, results)}
     for name in args.sections.split(","):
         try:
             steps[name]()
