@@ -40,14 +40,21 @@ OP_NAMES = ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule
 class DecodeConfigs:
     """A backend's kernel configs for the decode ops, each chosen from the call's probe.
 
-    ``recurrent(probe, state_v_first, state_dtype, K, V, n_heads_total)``,
+    ``recurrent(probe, state_v_first, state_dtype, K, V, n_heads_total, *, tokens_per_seq=1,
+    per_token_states=False)`` (tokens per sequence on average, rounded up; whether a state is
+    stored after every token),
     ``gating(probe)``, ``l2norm(probe, D)``, ``split(probe)``.
     """
 
-    recurrent: Callable[[DeviceProbe, bool, torch.dtype, int, int, int], rec.RecurrentConfig]
+    recurrent: Callable[..., rec.RecurrentConfig]
     gating: Callable[[DeviceProbe], RowConfig]
     l2norm: Callable[[DeviceProbe, int], RowConfig]
     split: Callable[[DeviceProbe], SplitConfig]
+
+
+def _tokens_per_seq(tokens: int, sequences: int) -> int:
+    """Tokens per sequence of a call, on average (rounded up; 1 for an empty call)."""
+    return max(1, -(-tokens // max(sequences, 1)))
 
 
 def _new_state(rows: int, meta: CallMeta, v_first: bool, like: torch.Tensor) -> torch.Tensor:
@@ -133,7 +140,9 @@ class DecodeOps:
         else:
             beta_mode = rec.BETA_SIGMOID if use_beta_sigmoid_in_kernel else rec.BETA_GIVEN
         state_dtype = meta.state_dtype or torch.float32
-        cfg = self.configs.recurrent(meta.probe, state_v_first, state_dtype, K, V, N * HV)
+        cfg = self.configs.recurrent(meta.probe, state_v_first, state_dtype, K, V, N * HV,
+                                     tokens_per_seq=_tokens_per_seq(B * T, N),
+                                     per_token_states=idx_mode == rec.IDX_SPEC)
         gate_params = bool(use_gate_in_kernel)
         launch = rec.plan_recurrent(
             q, k, v, o, config=cfg, N=N, T=T, H=H, HV=HV, K=K, V=V, scale=scale,
@@ -211,7 +220,7 @@ class DecodeOps:
             N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
             o = torch.empty((B, T, HV, V), dtype=v.dtype, device=v.device)
             cfg = self.configs.recurrent(meta.probe, state_v_first, initial_state_source.dtype,
-                                         K, V, N * HV)
+                                         K, V, N * HV, tokens_per_seq=_tokens_per_seq(B * T, N))
             launch = rec.plan_recurrent(
                 q, k, v, o, config=cfg, N=N, T=T, H=H, HV=HV, K=K, V=V, scale=scale,
                 q_strides=q.stride()[:3], k_strides=k.stride()[:3], v_strides=v.stride()[:3],

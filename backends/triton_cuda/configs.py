@@ -21,17 +21,20 @@ from gdn_dispatch.backends.triton_common.split import SplitConfig
 from gdn_dispatch.probe import DeviceProbe
 
 __all__ = ["recurrent_config", "recurrent_config_for_arch", "gating_config", "l2norm_config",
-           "split_config", "batch_bucket", "clear_config_cache", "RECURRENT_TABLE"]
+           "split_config", "batch_bucket", "clear_config_cache", "RECURRENT_TABLE",
+           "MULTI_TOKEN_TABLE"]
 
 # (arch family, state_v_first, state element bytes) -> config per batch bucket.  Buckets by
-# (sequences x value heads) per SM: "small" < 4 (latency-bound: many small programs),
-# "medium" < 32, "large" otherwise (bandwidth-bound).  Every program reads a full K x BV
-# tile; BV * element bytes >= 64 keeps K-first rows at least two 32-byte sectors.
+# (sequences x value heads) per SM: "tiny" < 1/2 (B = 1-2 at HV = 32: one program's latency
+# is the time), "small" < 4 (latency-bound: many small programs), "medium" < 32, "large"
+# otherwise (bandwidth-bound).  Every program reads a full K x BV tile.  One token per
+# sequence (decode); several tokens per sequence take ``MULTI_TOKEN_TABLE``.
 _PACKED_KV = RecurrentConfig(BV=32, num_warps=1, packed=True, options=(("maxnreg", 200),))
 # vk cap: 96 measured best (0.96 / 0.99 at B = 256 / 1024; no cap, 128 registers: 0.95 /
 # 0.99), but the pool / packed-decode variants spill 24 B there: 104 is the lowest cap
 # without spills on sm_80 / sm_90 / sm_100 (AOT compile)
 _PACKED_VK = RecurrentConfig(BV=16, num_warps=1, packed=True, options=(("maxnreg", 104),))
+_PACKED_VK8 = RecurrentConfig(BV=8, num_warps=1, packed=True, evict="evict_first")
 # medium batches (the whole state is a few tens of MB): the state loads and stores marked
 # evict-first helped at B = 32 in 4 of 5 paired H100 measurements (kv BV=32 w1: 0.76 vs
 # 0.71, vk BV=16 w1: 0.84 vs 0.79); at B >= 256 the effect was within noise, either sign
@@ -42,17 +45,28 @@ _EVICT = "evict_first"
 # [128, 64] (128-byte pieces) 0.94, [16, 128] (whole rows, the V-first tiles) 0.97; the
 # held-tile kv kernel sat at the first figure (0.84-0.86)
 _TWO_PASS_KV16 = RecurrentConfig(BV=64, num_warps=1, chunk_k=64, sub_bv=16, evict=_EVICT)
+# tiny / small batches (H100, 2026-11-25 17:50 UTC, ``bench_decode_small.py``: CUDA-graph
+# time per call, median of 3 interleaved rounds, B = 1 / 2 / 4 / 8 at HV = 32, fla 0.6.0 in the
+# same rounds): state loads and stores marked evict-first take 10-20% off at these sizes,
+# fp32 vk BV=8 w1 3.40 / 4.85 / 7.58 / 12.44 us (no hint 4.03 / 5.45 / 8.15 / 13.78; fla 4.09 /
+# 5.47 / 8.09 / 13.67); fp32 kv BV=16 w1 3.62 / 4.86 at B = 1 / 2 (two-pass BV=32 4.80 / 5.87,
+# fla 4.52 / 6.11) and two-pass BV=32 7.96 / 12.39 at B = 4 / 8 (fla 8.99 / 17.39); bf16 vk
+# packed BV=8 3.04 / 3.67 / 4.96 / 8.01 (packed BV=16 cap 104: 3.94 / 4.19 / 5.58 / 8.22; fla
+# 3.70 / 4.62 / 6.55 / 10.39)
+_EVICT_FIRST_8 = RecurrentConfig(BV=8, num_warps=1, evict=_EVICT)
 RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     # H100 sweep of 2026-11-25 16:30 UTC (fraction of copy bandwidth through the launcher,
     # B = 8 / 32 / 256, HV = 32): two-pass BV=32 w1 0.864 / 0.875, BV=64 w2 0.995 at 256
     # (held tiles: BV=16 w2 0.688 at 8, BV=32 w2 0.839 at 32, BV=64 w2 0.981 at 256)
-    ("sm_90", False, 4): {"small": RecurrentConfig(BV=32, num_warps=1, chunk_k=64),
+    ("sm_90", False, 4): {"tiny": RecurrentConfig(BV=16, num_warps=1, evict=_EVICT),
+                          "small": RecurrentConfig(BV=32, num_warps=1, chunk_k=64, evict=_EVICT),
                           "medium": RecurrentConfig(BV=32, num_warps=1, chunk_k=64),
                           "large": RecurrentConfig(BV=64, num_warps=2, chunk_k=64)},
     # vk small / medium: one-warp programs (H100, 2026-11-25 14:57 UTC, fraction of copy
     # bandwidth through the launcher: B=8 BV=8 w1 0.831 vs BV=16 w2 0.739 (fla 0.780);
     # B=32 BV=16 w1 0.894 vs 0.860 (fla 0.874), HV=64 B=32 0.957 vs 0.930 (fla 0.932))
-    ("sm_90", True, 4): {"small": RecurrentConfig(BV=8, num_warps=1),
+    ("sm_90", True, 4): {"tiny": _EVICT_FIRST_8,
+                         "small": _EVICT_FIRST_8,
                          "medium": RecurrentConfig(BV=16, num_warps=1),
                          "large": RecurrentConfig(BV=64, num_warps=4)},
     # 16-bit states, medium/large: the tile stays in the state dtype in registers
@@ -67,12 +81,15 @@ RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
     # K-first 16-bit states (same sweep): two-pass BV=64 w1 with evict-first stores 0.953 at
     # B = 256 and 0.789 at 32 (packed BV=32 w1: 0.812 / 0.756 with evict-first); B = 8:
     # packed BV=32 w1 evict-first 0.745 (two-pass 0.573-0.664, BV=32 w2 0.493)
-    ("sm_90", False, 2): {"small": dataclasses.replace(_PACKED_KV, evict=_EVICT),
+    ("sm_90", False, 2): {"tiny": dataclasses.replace(_PACKED_KV, evict=_EVICT),
+                          "small": dataclasses.replace(_PACKED_KV, evict=_EVICT),
                           "medium": _TWO_PASS_KV16,
                           "large": _TWO_PASS_KV16},
-    # small (same sweep, B=8): packed BV=16 w1 cap 104 0.711 vs BV=16 w2 0.565 (with
-    # evict-first 0.739, but then the pool / packed-decode variants spill 12-36 B on sm_100)
-    ("sm_90", True, 2): {"small": _PACKED_VK,
+    # tiny / small: packed BV=8 with evict-first (see above; the earlier sweep at B=8 had
+    # packed BV=16 w1 cap 104 0.711 vs BV=16 w2 0.565, and BV=16 with evict-first spilled
+    # 12-36 B in the pool / packed-decode variants on sm_100; BV=8 holds half the tile)
+    ("sm_90", True, 2): {"tiny": _PACKED_VK8,
+                         "small": _PACKED_VK8,
                          "medium": dataclasses.replace(_PACKED_VK, evict=_EVICT),
                          "large": _PACKED_VK},
 }
@@ -99,7 +116,46 @@ for _arch in ("sm_80", "sm_100"):
                                           "medium": _TWO_PASS_KV16_SAFE,
                                           "large": _TWO_PASS_KV16_SAFE}
 
-_SMALL_PER_SM, _MEDIUM_PER_SM = 4, 32
+# Several tokens per sequence (speculative decoding, short varlen sequences): the tile is held
+# in float32 while the tokens go through one after the other, so each token's latency (loads,
+# two reductions, the state update) counts T times and more, smaller one-warp programs win.
+# (arch family, v_first, state element bytes) -> bucket -> (final state only, a state stored
+# after every token: spec-decode pools).  H100, 2026-11-25 17:55 UTC (``bench_decode_small.py
+# --sections multi``, N = 32 / 256 sequences ("medium" / "large") of T = 2 and 4 tokens, us;
+# the one-token configs in brackets, fla 0.6.0 for the final-state call):
+# fp32 kv final BV=16 w1: 57.4 / 69.1 / 388.5 / 454.0 (two-pass 63.5 / 82.3 / 459.2 / 606.0;
+#   fla 66.0 / 82.3 / 450.9 / 583.6), evict-first at N = 32: 56.8 / 61.7; per-token BV=32 w1
+#   80.8 / 131.0 / 599.2 / 1021.3 (104.8 / 202.2 / 667.6 / 1154.3)
+# fp32 vk final BV=8 w1 evict-first at N = 32: 52.1 / 59.0 (fla 56.6 / 70.2), BV=16 w1 at
+#   N = 256: 373.0 / 447.8 (BV=64 w4 467.8 / 634.4; fla 391.1 / 468.2); per-token the same
+#   choices 75.6 / 124.8 / 567.3 / 966.7 (77.8 / 128.2 / 688.9 / 1158.0)
+# bf16 kv final BV=16 w1 evict-first 37.0 / 48.1 / 266.2 / 353.5 (48.1 / 66.2 / 318.3 / 487.1;
+#   fla 62.4 / 82.7 / 454.0 / 609.4); per-token BV=16 evict-first at N = 32 50.3 / 78.6,
+#   BV=32 w1 at N = 256 359.2 / 591.6 (79.6 / 196.4 / 597.7 / 1592.2: the two-pass tile runs
+#   16-column float32 slices, each storing a 32-byte piece of every row per token)
+# bf16 vk final BV=8 w1 evict-first at N = 32: 33.7 / 49.0, BV=16 w1 at N = 256 254.1 / 331.8
+#   (41.7 / 57.2 / 271.7 / 380.9; fla 47.6 / 59.7 / 329.5 / 404.3); per-token the same choices
+#   42.9 / 68.7 / 304.8 / 498.8 (45.4 / 73.7 / 333.0 / 558.5)
+# "tiny" / "small" take the "medium" entry (not measured separately).
+_R1 = functools.partial(RecurrentConfig, num_warps=1)
+MULTI_TOKEN_TABLE: dict[tuple[str, bool, int], dict[str, tuple[RecurrentConfig,
+                                                                RecurrentConfig]]] = {
+    ("sm_90", False, 4): {"medium": (_R1(BV=16, evict=_EVICT), _R1(BV=32)),
+                          "large": (_R1(BV=16), _R1(BV=32))},
+    ("sm_90", True, 4): {"medium": (_R1(BV=8, evict=_EVICT), _R1(BV=8, evict=_EVICT)),
+                         "large": (_R1(BV=16), _R1(BV=16))},
+    ("sm_90", False, 2): {"medium": (_R1(BV=16, evict=_EVICT), _R1(BV=16, evict=_EVICT)),
+                          "large": (_R1(BV=16, evict=_EVICT), _R1(BV=32))},
+    ("sm_90", True, 2): {"medium": (_R1(BV=8, evict=_EVICT), _R1(BV=8, evict=_EVICT)),
+                         "large": (_R1(BV=16), _R1(BV=16))},
+}
+for (_arch, _v_first, _elem), _row in list(MULTI_TOKEN_TABLE.items()):
+    for _bucket in ("tiny", "small"):
+        _row[_bucket] = _row["medium"]
+    for _other in ("sm_80", "sm_100"):  # untuned there: the same (plain tiles, no caps)
+        MULTI_TOKEN_TABLE[(_other, _v_first, _elem)] = _row
+
+_TINY_PER_SM, _SMALL_PER_SM, _MEDIUM_PER_SM = 0.5, 4, 32
 _SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
 
 
@@ -112,7 +168,10 @@ def _family(arch: str) -> str:
 
 
 def batch_bucket(n_heads_total: int, sms: int) -> str:
-    """"small", "medium" or "large" for a call with ``n_heads_total`` (sequence, head) pairs."""
+    """"tiny", "small", "medium" or "large" for a call with ``n_heads_total`` (sequence,
+    head) pairs."""
+    if n_heads_total < _TINY_PER_SM * sms:
+        return "tiny"
     if n_heads_total < _SMALL_PER_SM * sms:
         return "small"
     return "medium" if n_heads_total < _MEDIUM_PER_SM * sms else "large"
@@ -120,17 +179,20 @@ def batch_bucket(n_heads_total: int, sms: int) -> str:
 
 @functools.lru_cache(maxsize=512)
 def _recurrent(arch: str, sms: int, v_first: bool, elem: int, K: int, V: int,
-               n_heads_total: int) -> RecurrentConfig:
-    cfg = RECURRENT_TABLE[(_family(arch), v_first, elem)][batch_bucket(n_heads_total, sms)]
+               n_heads_total: int, multi_token: bool = False,
+               per_token_states: bool = False) -> RecurrentConfig:
+    bucket = batch_bucket(n_heads_total, sms)
+    if multi_token:
+        cfg = MULTI_TOKEN_TABLE[(_family(arch), v_first, elem)][bucket][int(per_token_states)]
+        return _fit_held(cfg, K)
+    cfg = RECURRENT_TABLE[(_family(arch), v_first, elem)][bucket]
     if cfg.chunk_k and not v_first:
         # two-pass: the first pass issues every chunk's loads at once, so keep the tile at
         # <= 512 bytes per thread (the tuned K = 128 tiles), e.g. BV=32 for K = 256
         while cfg.BV > 8 and _pow2(K) * cfg.BV * elem > 512 * 32 * cfg.num_warps:
             cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
         return cfg
-    # keep the fp32 state tile at <= 128 values per thread (no spills for K up to 256)
-    while cfg.BV > 8 and K * cfg.BV > 128 * 32 * cfg.num_warps:
-        cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
+    cfg = _fit_held(cfg, K)
     # a register cap is tuned for K = 128: keep the tile's values per thread for larger K
     if any(name == "maxnreg" for name, _ in cfg.options):
         tuned = RECURRENT_TABLE[(_family(arch), v_first, elem)][batch_bucket(n_heads_total,
@@ -143,23 +205,37 @@ def _recurrent(arch: str, sms: int, v_first: bool, elem: int, K: int, V: int,
     return cfg
 
 
+def _fit_held(cfg: RecurrentConfig, K: int) -> RecurrentConfig:
+    """``cfg`` with BV halved until a float32 tile is <= 128 values per thread (no spills
+    for K up to 256)."""
+    while cfg.BV > 8 and K * cfg.BV > 128 * 32 * cfg.num_warps:
+        cfg = dataclasses.replace(cfg, BV=cfg.BV // 2)
+    return cfg
+
+
 def _pow2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def recurrent_config_for_arch(arch: str, v_first: bool, state_dtype: torch.dtype, K: int, V: int,
-                              n_heads_total: int, sms: int | None = None) -> RecurrentConfig:
-    """Config of the recurrent kernel for ``n_heads_total`` = sequences x value heads."""
+                              n_heads_total: int, sms: int | None = None, *,
+                              tokens_per_seq: int = 1,
+                              per_token_states: bool = False) -> RecurrentConfig:
+    """Config of the recurrent kernel for ``n_heads_total`` = sequences x value heads, with
+    ``tokens_per_seq`` tokens per sequence (on average; > 1 takes ``MULTI_TOKEN_TABLE``) and
+    ``per_token_states`` (a state stored after every token)."""
     elem = 4 if state_dtype == torch.float32 else 2
-    return _recurrent(arch, sms or _SMS.get(arch, 132), bool(v_first), elem, K, V, n_heads_total)
+    return _recurrent(arch, sms or _SMS.get(arch, 132), bool(v_first), elem, K, V, n_heads_total,
+                      tokens_per_seq > 1, bool(per_token_states))
 
 
 def recurrent_config(probe: DeviceProbe, v_first: bool, state_dtype: torch.dtype, K: int, V: int,
-                     n_heads_total: int) -> RecurrentConfig:
+                     n_heads_total: int, *, tokens_per_seq: int = 1,
+                     per_token_states: bool = False) -> RecurrentConfig:
     """Config of the recurrent kernel on the probed device."""
     elem = 4 if state_dtype == torch.float32 else 2
     return _recurrent(probe.arch, probe.multiprocessors or 132, bool(v_first), elem, K, V,
-                      n_heads_total)
+                      n_heads_total, tokens_per_seq > 1, bool(per_token_states))
 
 
 @functools.lru_cache(maxsize=64)

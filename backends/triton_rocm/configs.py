@@ -284,8 +284,11 @@ def recurrent_config_for_arch(arch: str, v_first: bool, state_dtype: torch.dtype
 
 
 def recurrent_config(probe: DeviceProbe, v_first: bool, state_dtype: torch.dtype, K: int, V: int,
-                     n_heads_total: int) -> RecurrentConfig:
-    """Config of the recurrent kernel on the probed device (HIP options only on HIP)."""
+                     n_heads_total: int, *, tokens_per_seq: int = 1,
+                     per_token_states: bool = False) -> RecurrentConfig:
+    """Config of the recurrent kernel on the probed device (HIP options only on HIP).  The
+    AMD table has no multi-token entries yet (no AMD GPU to tune them on): ``tokens_per_seq``
+    and ``per_token_states`` are accepted and do not change the choice."""
     return recurrent_config_for_arch(probe.arch, bool(v_first), state_dtype, K, V, n_heads_total,
                                      probe.multiprocessors or None, probe.triton_target == "hip")
 
