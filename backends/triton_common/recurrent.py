@@ -787,17 +787,20 @@ _INT_ARGS = ("T", "slots", "idx_cols", "k_off", "v_off", "s_qb", "s_qt", "s_qh",
 
 def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, config: RecurrentConfig,
                        H: int, HV: int, K: int, V: int, state_v_first: bool, variant: str,
-                       gate_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                       gate_dtype: torch.dtype = torch.float32, tag: str = "") -> dict[str, Any]:
     """One AOT compile description of the recurrent kernel.
 
     ``variant``: "fused_recurrent" (g log-space, beta given, initial state in, new final state
     out), "pool_decode" (varlen, pool [N] in place, gating and beta sigmoid in kernel, l2norm:
-    op 2 as engines call it and op 3) or "packed_decode" (op 4).
+    op 2 as engines call it and op 3), "packed_decode" (op 4) or "spec_decode" (as
+    "pool_decode" with a pool [N, T] and ``num_accepted_tokens``: a state stored per token).
+    ``tag``: appended to the name (to tell configs of one variant apart).
     """
     io, st = "*" + TRITON_TY[io_dtype], "*" + TRITON_TY[state_dtype]
     sig: dict[str, str] = {name: io for name in ("q", "k", "v", "o")}
     const: dict[str, Any] = {}
-    pool = variant in ("pool_decode", "packed_decode")
+    spec = variant == "spec_decode"
+    pool = variant in ("pool_decode", "packed_decode", "spec_decode")
     sig["g"] = "*" + TRITON_TY[gate_dtype if variant == "fused_recurrent" else io_dtype]
     sig["beta"] = io
     if pool:
@@ -807,7 +810,7 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
         const["A_log"] = const["dt_bias"] = None
     sig["h_src"] = st
     sig["h_dst"] = st
-    if variant == "pool_decode":
+    if variant in ("pool_decode", "spec_decode"):
         sig["cu_seqlens"] = "*i32"
     else:
         const["cu_seqlens"] = None
@@ -815,7 +818,10 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
         sig["idx"] = "*i32"
     else:
         const["idx"] = None
-    const["num_accepted"] = None
+    if spec:
+        sig["num_accepted"] = "*i32"
+    else:
+        const["num_accepted"] = None
     for name in ("scale", "softplus_beta", "softplus_threshold"):
         sig[name] = "fp32"
     for name in _INT_ARGS:
@@ -825,8 +831,10 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
                  STATE_V_FIRST=state_v_first,
                  L2NORM=pool, GATE_MODE=GATE_RAW if pool else GATE_LOG, HAS_DT_BIAS=pool,
                  BETA_MODE=BETA_SIGMOID if pool else BETA_GIVEN, NEG_EIGVAL=False,
-                 IS_VARLEN=variant == "pool_decode", IDX_MODE=IDX_POOL if pool else IDX_NONE,
-                 HAS_NAT=False, HAS_H0=True, DST_MODE=DST_INPLACE if pool else DST_NEW,
+                 IS_VARLEN=variant in ("pool_decode", "spec_decode"),
+                 IDX_MODE=IDX_SPEC if spec else IDX_POOL if pool else IDX_NONE,
+                 HAS_NAT=spec, HAS_H0=True,
+                 DST_MODE=DST_SPEC_INPLACE if spec else DST_INPLACE if pool else DST_NEW,
                  PACKED=config.packed,
                  SBV=config.slice_bv(min(config.BV, triton.next_power_of_2(V))),
                  EVICT=config.evict, CHUNK_K=0, KEEP_EVICT="")
@@ -843,7 +851,7 @@ def recurrent_aot_spec(*, io_dtype: torch.dtype, state_dtype: torch.dtype, confi
                or name in ("k_off", "v_off")]
     return {
         "name": f"gated_delta_recurrent_{variant}_{layout}_{TRITON_TY[io_dtype]}_state{TRITON_TY[state_dtype]}"
-                f"_K{K}_V{V}_HV{HV}_H{H}",
+                f"_K{K}_V{V}_HV{HV}_H{H}{tag}",
         "kernel": fn,
         "signature": ordered,
         "constexprs": const,
@@ -864,20 +872,42 @@ def aot_specs(arch: str) -> list[dict[str, Any]]:
     backend options), ``divisible_by_16`` (argument names the JIT would mark 16-divisible
     for these shapes) and ``attrs`` (the same as ``ASTSource`` attrs).  Compile with
     ``triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget(...),
-    options={"num_warps": ..., "num_stages": ..., **options})``.  Covers Qwen3-Next shapes (K = V = 128, H = 16, HV = 32) for the
-    configs the CUDA config table picks; other backends pass their own configs to
-    ``recurrent_aot_spec``.
+    options={"num_warps": ..., "num_stages": ..., **options})``.  Covers Qwen3-Next shapes
+    (K = V = 128, H = 16, HV = 32) for every config the vendor's table picks: the large-batch
+    one with bf16 and fp16 inputs, each other batch bucket's (and the multi-token ones) where
+    it differs, with bf16 inputs, in the variants that can run it.
     """
     config_for = getattr(vendor_configs(arch), "recurrent_config_for_arch", None)
     if config_for is None:
         return []
     out = []
+    one_token = ("fused_recurrent", "pool_decode", "packed_decode")
     for v_first in (False, True):
         for state_dtype in (torch.float32, torch.bfloat16):
-            for io_dtype in (torch.bfloat16, torch.float16):
-                cfg = config_for(arch, v_first, state_dtype, 128, 128, 1 << 20)
-                for variant in ("fused_recurrent", "pool_decode", "packed_decode"):
+            large = config_for(arch, v_first, state_dtype, 128, 128, 1 << 20)
+            # (config, input dtype, variants, name tag)
+            wanted = [(large, torch.bfloat16, one_token, ""), (large, torch.float16, one_token, "")]
+            # one-token buckets: 1, 132, 1056 heads (tiny / small / medium on 132 SMs)
+            wanted += [(config_for(arch, v_first, state_dtype, 128, 128, n), torch.bfloat16,
+                        one_token, f"_n{n}") for n in (1, 132, 1056)]
+            for n in (1, 1 << 20):  # several tokens per sequence, both state-store modes
+                for per_token in (False, True):
+                    try:
+                        cfg = config_for(arch, v_first, state_dtype, 128, 128, n,
+                                         tokens_per_seq=2, per_token_states=per_token)
+                    except TypeError:  # a vendor table without multi-token entries
+                        continue
+                    wanted.append((cfg, torch.bfloat16, ("spec_decode",) if per_token
+                                   else ("fused_recurrent", "pool_decode"),
+                                   f"_multi_n{n}" + ("_per_token" if per_token else "")))
+            seen: set = set()
+            for cfg, io_dtype, variants, tag in wanted:
+                for variant in variants:
+                    if (cfg, io_dtype, variant) in seen:
+                        continue
+                    seen.add((cfg, io_dtype, variant))
                     out.append(recurrent_aot_spec(io_dtype=io_dtype, state_dtype=state_dtype,
                                                   config=cfg, H=16, HV=32, K=128, V=128,
-                                                  state_v_first=v_first, variant=variant))
+                                                  state_v_first=v_first, variant=variant,
+                                                  tag=tag))
     return out
