@@ -201,3 +201,61 @@ def test_two_pass_table_configs(monkeypatch, bucket):
     for sd in (torch.float32, torch.bfloat16, torch.float16):
         check_recurrent_pool(CPU, F32, sd, N=3, T=1, H=1, HV=2, K=128, V=128, v_first=False,
                              inplace=True)
+
+
+def test_config_lookup_gets_tokens_and_store_mode(monkeypatch):
+    """Op 2 / op 3 tell the config lookup the tokens per sequence and whether a state is
+    stored per token (spec decode), so the multi-token table can serve them."""
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    from gdn_dispatch import dispatch
+
+    seen: list[tuple[int, bool]] = []
+    real = decode.OPS.configs.recurrent
+
+    def recording(*args, tokens_per_seq=1, per_token_states=False):
+        seen.append((tokens_per_seq, per_token_states))
+        return real(*args, tokens_per_seq=tokens_per_seq, per_token_states=per_token_states)
+
+    monkeypatch.setattr(decode.OPS, "configs",
+                        dataclasses.replace(decode.OPS.configs, recurrent=recording))
+    dispatch.clear_decision_cache()
+    check_recurrent_plain(CPU, F32, F32, B=2, T=1, v_first=False, **SMALL)
+    assert seen[-1] == (1, False)
+    check_recurrent_plain(CPU, F32, F32, B=1, T=7, v_first=False, varlen=[3, 4], **SMALL)
+    assert seen[-1] == (4, False)  # 7 tokens over 2 sequences, rounded up
+    check_recurrent_spec(CPU, F32, F32, N=3, T=2, v_first=True, inplace=True, **SMALL)
+    assert seen[-1] == (2, True)
+    check_sigmoid_update(CPU, F32, F32, B=3, T=2, v_first=True, flat_ab=False, **SMALL)
+    assert seen[-1] == (2, False)
+
+
+def _table_configs() -> list:
+    from gdn_dispatch.backends.triton_cuda import configs as cc
+
+    found = []
+    for (family, _v, _e), row in cc.MULTI_TOKEN_TABLE.items():
+        for pair in row.values():
+            found += [c for c in pair if family == "sm_90" and c not in found]
+    for (family, _v, _e), row in cc.RECURRENT_TABLE.items():
+        cfg = row["tiny"]
+        if family == "sm_90" and not cfg.chunk_k and cfg not in found:
+            found.append(cfg)
+    return found
+
+
+@pytest.mark.parametrize("cfg", _table_configs(), ids=str)
+def test_tiny_and_multi_token_table_configs(monkeypatch, cfg):
+    """The sm_90 multi-token and tiny-batch configs as they are: several tokens per sequence
+    (final state, spec decode with per-token states, varlen with an empty sequence) and one."""
+    from gdn_dispatch.backends.triton_cuda import decode
+
+    configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
+    monkeypatch.setattr(decode.OPS, "configs", configs)
+    sd = F16 if cfg.packed else F32
+    for v_first in (False, True):
+        check_recurrent_spec(CPU, F32, sd, N=3, T=3, v_first=v_first, inplace=True,
+                             varlen=True, **SMALL)
+        check_recurrent_plain(CPU, F32, sd, B=1, T=5, v_first=v_first, varlen=[2, 0, 3],
+                              gate="raw", beta_mode="sigmoid", l2norm=True, **SMALL)
+        check_recurrent_pool(CPU, F32, sd, N=3, T=1, v_first=v_first, inplace=True, **SMALL)
