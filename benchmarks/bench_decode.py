@@ -43,6 +43,7 @@ HV64_BATCHES = (32, 256)
 EAGER_BATCHES = (1, 8)
 PACKED_N = 256
 SWEEP_BATCHES = (256, 32, 8)
+ROOFLINE_ROUNDS = 3
 COPY_ELEMS = 1 << 28
 
 
@@ -180,20 +181,34 @@ def roofline_table(copy_bw: float, fla_fn, results: dict) -> None:
                         return gdn.fused_recurrent_gated_delta_rule(
                             x["q"], x["k"], x["v"], x["a"], x["b"], **call_kwargs(x, v_first))
 
-                    ms = graph_ms(ours, rot.sets, sbytes + io_bytes(B, HV))
+                    def theirs(x):
+                        return fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
+                                      **call_kwargs(x, v_first))
+
+                    # ours and fla alternate over ROOFLINE_ROUNDS rounds (the order flips
+                    # each round); medians: the GPU's speed drifts between minutes
+                    ours_t: list[float] = []
+                    fla_t: list[float] = []
+                    for r in range(ROOFLINE_ROUNDS):
+                        order = [(ours, ours_t), (theirs, fla_t)] if fla_fn is not None \
+                            else [(ours, ours_t)]
+                        for fn, times in (order if r % 2 == 0 else order[::-1]):
+                            try:
+                                times.append(graph_ms(fn, rot.sets, sbytes + io_bytes(B, HV)))
+                            except Exception as exc:
+                                if fn is ours:
+                                    raise
+                                row["fla_error"] = repr(exc)
+                    ms = statistics.median(ours_t)
                     ours_bytes = 2 * sbytes + io_bytes(B, HV)
-                    row.update(ours_ms=ms, ours_frac=ours_bytes / (ms * 1e-3) / copy_bw)
-                    if fla_fn is not None:
-                        def theirs(x):
-                            return fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
-                                          **call_kwargs(x, v_first))
-                        try:
-                            fms = graph_ms(theirs, rot.sets, 2 * sbytes + io_bytes(B, HV))
-                            # fla writes a float32 final state whatever the initial state dtype
-                            fbytes = sbytes + B * HV * K * V * 4 + io_bytes(B, HV)
-                            row.update(fla_ms=fms, fla_frac=fbytes / (fms * 1e-3) / copy_bw)
-                        except Exception as exc:
-                            row["fla_error"] = repr(exc)
+                    row.update(ours_ms=ms, ours_frac=ours_bytes / (ms * 1e-3) / copy_bw,
+                               ours_rounds_ms=ours_t)
+                    if fla_t:
+                        fms = statistics.median(fla_t)
+                        # fla writes a float32 final state whatever the initial state dtype
+                        fbytes = sbytes + B * HV * K * V * 4 + io_bytes(B, HV)
+                        row.update(fla_ms=fms, fla_frac=fbytes / (fms * 1e-3) / copy_bw,
+                                   fla_rounds_ms=fla_t)
                     rows.append(row)
                     print(_fmt_row(row), flush=True)
                     rot = None
@@ -472,7 +487,11 @@ def main() -> None:
     ap.add_argument("--out", default="bench_decode.json")
     ap.add_argument("--sections", default="sweep,roofline,eager,dispatch,packed")
     ap.add_argument("--sweep-budget-s", type=float, default=120.0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="roofline: interleaved rounds of ours / fla per row (median)")
     args = ap.parse_args()
+    global ROOFLINE_ROUNDS
+    ROOFLINE_ROUNDS = max(1, args.rounds)
     start = time.time()
     props = torch.cuda.get_device_properties(0)
     results: dict[str, Any] = dict(device=props.name, torch=torch.__version__,
