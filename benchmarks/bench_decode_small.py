@@ -14,8 +14,12 @@ inputs), GPU times from CUDA-graph replays (``bench_decode.graph_ms``):
   spec-decode pool mode (``ssm_state_indices`` ``[N, T]``, ``num_accepted_tokens``: the
   state after every token is written into the pool, so T states are written per sequence).
   Bytes counted: states read + written in the dtype each one really uses, plus q, k, v, o.
+- ``multi`` (not in the default sections): the config study behind ``MULTI_TOKEN_TABLE``:
+  N = 32 / 256 sequences of T = 2 / 4 tokens, the table's multi-token config and
+  alternatives through the launcher (final state only, and per-token states in a spec pool),
+  fla for the final-state call.
 
-Usage: ``python benchmarks/bench_decode_small.py [--sections small,spec] [--out FILE]``.
+Usage: ``python benchmarks/bench_decode_small.py [--sections small,spec,multi] [--out FILE]``.
 """
 
 # ruff: noqa: B023  (closures are called inside the loop iteration that defines them)
@@ -80,6 +84,21 @@ SPEC_N = (32, 256)
 SPEC_T = (1, 2, 3, 4)
 
 
+def interleaved_ms(runners: dict[str, Any], sets: list[dict], out_bytes: int) -> dict[str, list[float]]:
+    """GPU ms per call of every runner in ROUNDS rounds, each round in a rotated order (so a
+    drift of the GPU's clocks hits every runner alike); NaN for a runner that fails."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(ROUNDS):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            try:
+                times[name].append(graph_ms(runners[name], sets, out_bytes))
+            except Exception as exc:  # a candidate that does not build or run
+                times[name].append(float("nan"))
+                print(f"{name}: {exc!r}"[:200], flush=True)
+    return times
+
+
 def _cfg_text(cfg: rec.RecurrentConfig) -> str:
     out = f"BV={cfg.BV} w{cfg.num_warps}"
     if cfg.chunk_k:
@@ -130,15 +149,8 @@ def small_batches(copy_bw: float, fla_fn, results: dict) -> None:
                 if fla_fn is not None:
                     runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
                                                       **call_kwargs(x, v_first))
-                times: dict[str, list[float]] = {name: [] for name in runners}
+                times = interleaved_ms(runners, rot.sets, sbytes)
                 names = list(runners)
-                for r in range(ROUNDS):
-                    for name in names[r % len(names):] + names[:r % len(names)]:
-                        try:
-                            times[name].append(graph_ms(runners[name], rot.sets, sbytes))
-                        except Exception as exc:  # a candidate that does not build or run
-                            times[name].append(float("nan"))
-                            print(f"{name}: {exc!r}"[:200], flush=True)
                 row: dict[str, Any] = dict(state=str(state_dtype)[6:],
                                            layout="vk" if v_first else "kv", B=B)
                 ours_bytes = 2 * sbytes + io_bytes(B, HV)
@@ -205,15 +217,8 @@ def spec_decode(copy_bw: float, fla_fn, results: dict) -> None:
                     if fla_fn is not None:
                         runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"],
                                                           beta=x["b"], **kw(x))
-                    times: dict[str, list[float]] = {n: [] for n in runners}
+                    times = interleaved_ms(runners, rot.sets, sbytes)
                     names = list(runners)
-                    for r in range(ROUNDS):
-                        for name in names[r % len(names):] + names[:r % len(names)]:
-                            try:
-                                times[name].append(graph_ms(runners[name], rot.sets, sbytes))
-                            except Exception as exc:
-                                times[name].append(float("nan"))
-                                print(f"{name}: {exc!r}"[:200], flush=True)
                     byte_counts = {"final": 2 * sbytes + io, "spec_pool": (1 + T) * sbytes + io,
                                    "fla": sbytes + N * HV * K * V * 4 + io}
                     row: dict[str, Any] = dict(state=str(state_dtype)[6:],
@@ -262,10 +267,13 @@ def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
                                    2 * sbytes + io)
                     o = torch.empty(1, N * T, HV, V, device=DEV, dtype=torch.bfloat16)
                     h_out = torch.empty_like(rot.sets[0]["h0"])
-                    table = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype,
-                                                                   K, V, N * HV)
-                    cands = [table] + [c for c in MULTI_CANDIDATES[(es, v_first)] if c != table]
                     for pool in (False, True):
+                        # what the table picks for this call (multi-token entries)
+                        table = cuda_configs.recurrent_config_for_arch(
+                            "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=T,
+                            per_token_states=pool)
+                        cands = [table] + [c for c in MULTI_CANDIDATES[(es, v_first)]
+                                           if c != table]
                         runners: dict[str, Any] = {}
                         for n, cfg in enumerate(cands):
                             name = ("table " if n == 0 else "") + _cfg_text(cfg)
@@ -274,15 +282,8 @@ def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
                             runners["fla"] = lambda x: fla_fn(
                                 x["q"], x["k"], x["v"], x["a"], beta=x["b"],
                                 **call_kwargs(x, v_first))
-                        times: dict[str, list[float]] = {n: [] for n in runners}
+                        times = interleaved_ms(runners, rot.sets, sbytes)
                         names = list(runners)
-                        for r in range(ROUNDS):
-                            for name in names[r % len(names):] + names[:r % len(names)]:
-                                try:
-                                    times[name].append(graph_ms(runners[name], rot.sets, sbytes))
-                                except Exception as exc:
-                                    times[name].append(float("nan"))
-                                    print(f"{name}: {exc!r}"[:200], flush=True)
                         nbytes = ((1 + T) if pool else 2) * sbytes + io
                         row: dict[str, Any] = dict(state=str(state_dtype)[6:],
                                                    layout="vk" if v_first else "kv", N=N, T=T,
