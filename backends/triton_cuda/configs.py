@@ -115,6 +115,11 @@ for _arch in ("sm_80", "sm_100"):
     RECURRENT_TABLE[(_arch, False, 2)] = {**RECURRENT_TABLE[(_arch, False, 2)],
                                           "medium": _TWO_PASS_KV16_SAFE,
                                           "large": _TWO_PASS_KV16_SAFE}
+# sm_100, fp32 vk, large: BV=64 w4 spills 16 B there in the spec-decode variant (one token
+# per sequence with per-token stores); BV=16 w1 holds a quarter of the tile per thread and was
+# the fastest vk tile of the H100 sweep at B = 256 (363.6 us vs 365.9 for BV=64 w4)
+RECURRENT_TABLE[("sm_100", True, 4)] = {**RECURRENT_TABLE[("sm_100", True, 4)],
+                                        "large": RecurrentConfig(BV=16, num_warps=1)}
 
 # Several tokens per sequence (speculative decoding, short varlen sequences): the tile is held
 # in float32 while the tokens go through one after the other, so each token's latency (loads,
