@@ -19,7 +19,11 @@ inputs), GPU times from CUDA-graph replays (``bench_decode.graph_ms``):
   alternatives through the launcher (final state only, and per-token states in a spec pool),
   fla for the final-state call.
 
-Usage: ``python benchmarks/bench_decode_small.py [--sections small,spec,multi] [--out FILE]``.
+- ``open`` (not in the default sections): the open questions of issue 7 -- fp32 vk
+  large-batch tiles against fla (B = 256 / 1024), and the spec-pool mode with one token per
+  sequence through the one-token vs the multi-token config.
+
+Usage: ``python benchmarks/bench_decode_small.py [--sections small,spec,multi,open] [--out FILE]``.
 """
 
 # ruff: noqa: B023  (closures are called inside the loop iteration that defines them)
@@ -301,6 +305,76 @@ def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
     results["multi"] = rows
 
 
+# open questions of issue 7 (docs/performance.md, "Fourth session"): the fp32 vk large tile
+# (fla 0.3% faster at B=256 with the table's BV=64 w4), and the spec-pool mode with one token
+# per sequence (fp32 vk at 0.83: the BV=64 w4 spec variant needs 208 registers)
+LARGE_VK_CANDIDATES = [_R(64, 4), _R(16, 1), _R(8, 1), _R(32, 2), _R(16, 1, evict=_EF)]
+LARGE_VK_CASES = ((32, 256), (32, 1024), (64, 256))  # (HV, B)
+
+
+def open_questions(copy_bw: float, fla_fn, results: dict) -> None:
+    """fp32 vk large-batch tiles vs fla; spec-pool T = 1: one-token vs multi-token config."""
+    global HV
+    rows = []
+    hv_default = HV
+    try:
+        for hv, B in LARGE_VK_CASES:
+            HV = hv
+            sbytes = B * HV * K * V * 4
+            rot = Rotating(lambda i: decode_inputs(B, HV, torch.float32, True, i),
+                           sbytes + io_bytes(B, HV))
+            o = torch.empty(1, B, HV, V, device=DEV, dtype=torch.bfloat16)
+            h_out = torch.empty_like(rot.sets[0]["h0"])
+            runners: dict[str, Any] = {_cfg_text(c): _launcher(c, B, True, o, h_out)
+                                       for c in LARGE_VK_CANDIDATES}
+            if fla_fn is not None:
+                runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
+                                                  **call_kwargs(x, True))
+            times = interleaved_ms(runners, rot.sets, sbytes)
+            nbytes = 2 * sbytes + io_bytes(B, HV)
+            row: dict[str, Any] = dict(case="fp32 vk large", HV=HV, B=B)
+            for name, ts in times.items():
+                ms = statistics.median(ts)
+                row[name] = dict(us=ms * 1e3, frac=nbytes / (ms * 1e-3) / copy_bw,
+                                 rounds_us=[t * 1e3 for t in ts])
+            rows.append(row)
+            print(f"large vk HV={HV} B={B}: " + " | ".join(
+                f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
+            rot = None
+        HV = hv_default
+        N, T = 256, 1
+        for state_dtype in (torch.float32, torch.bfloat16):
+            for v_first in (False, True):
+                es = state_dtype.itemsize
+                sbytes = N * HV * K * V * es
+                rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
+                               2 * sbytes + io_bytes(N, HV))
+                o = torch.empty(1, N, HV, V, device=DEV, dtype=torch.bfloat16)
+                one = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype, K, V,
+                                                             N * HV)
+                multi = cuda_configs.recurrent_config_for_arch(
+                    "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=2,
+                    per_token_states=True)
+                runners = {"one-token " + _cfg_text(one): _multi_launcher(one, N, T, v_first,
+                                                                          True, o, o),
+                           "multi-token " + _cfg_text(multi): _multi_launcher(
+                               multi, N, T, v_first, True, o, o)}
+                times = interleaved_ms(runners, rot.sets, sbytes)
+                nbytes = 2 * sbytes + io_bytes(N, HV)
+                row = dict(case="spec pool T=1", state=str(state_dtype)[6:],
+                           layout="vk" if v_first else "kv", N=N)
+                for name, ts in times.items():
+                    ms = statistics.median(ts)
+                    row[name] = dict(us=ms * 1e3, frac=nbytes / (ms * 1e-3) / copy_bw)
+                rows.append(row)
+                print(f"spec T=1 {row['state']} {row['layout']} N={N}: " + " | ".join(
+                    f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
+                rot = None
+    finally:
+        HV = hv_default
+    results["open"] = rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench_decode_small.json")
@@ -318,7 +392,8 @@ def main() -> None:
           f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     steps = {"small": lambda: small_batches(bw, fla_fn, results),
              "spec": lambda: spec_decode(bw, fla_fn, results),
-             "multi": lambda: multi_token(bw, fla_fn, results)}
+             "multi": lambda: multi_token(bw, fla_fn, results),
+             "open": lambda: open_questions(bw, fla_fn, results)}
     for name in args.sections.split(","):
         try:
             steps[name]()
