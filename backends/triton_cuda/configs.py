@@ -45,7 +45,7 @@ _EVICT = "evict_first"
 # [128, 64] (128-byte pieces) 0.94, [16, 128] (whole rows, the V-first tiles) 0.97; the
 # held-tile kv kernel sat at the first figure (0.84-0.86)
 _TWO_PASS_KV16 = RecurrentConfig(BV=64, num_warps=1, chunk_k=64, sub_bv=16, evict=_EVICT)
-# tiny / small batches (H100, 2026-11-25 17:50 UTC, ``bench_decode_small.py``: CUDA-graph
+# tiny / small batches (H100, 2026-11-25 17:24 UTC, ``bench_decode_small.py``: CUDA-graph
 # time per call, median of 3 interleaved rounds, B = 1 / 2 / 4 / 8 at HV = 32, fla 0.6.0 in the
 # same rounds): state loads and stores marked evict-first take 10-20% off at these sizes,
 # fp32 vk BV=8 w1 3.40 / 4.85 / 7.58 / 12.44 us (no hint 4.03 / 5.45 / 8.15 / 13.78; fla 4.09 /
@@ -125,7 +125,7 @@ RECURRENT_TABLE[("sm_100", True, 4)] = {**RECURRENT_TABLE[("sm_100", True, 4)],
 # in float32 while the tokens go through one after the other, so each token's latency (loads,
 # two reductions, the state update) counts T times and more, smaller one-warp programs win.
 # (arch family, v_first, state element bytes) -> bucket -> (final state only, a state stored
-# after every token: spec-decode pools).  H100, 2026-11-25 17:55 UTC (``bench_decode_small.py
+# after every token: spec-decode pools).  H100, 2026-11-25 17:24 UTC (``bench_decode_small.py
 # --sections multi``, N = 32 / 256 sequences ("medium" / "large") of T = 2 and 4 tokens, us;
 # the one-token configs in brackets, fla 0.6.0 for the final-state call):
 # fp32 kv final BV=16 w1: 57.4 / 69.1 / 388.5 / 454.0 (two-pass 63.5 / 82.3 / 459.2 / 606.0;
