@@ -482,17 +482,9 @@ def config_sweep(copy_bw: float, results: dict, deadline: float) -> None:
     print("chosen configs: " + json.dumps(chosen, indent=1), flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench_decode.json")
-    ap.add_argument("--sections", default="sweep,roofline,eager,dispatch,packed")
-    ap.add_argument("--sweep-budget-s", type=float, default=120.0)
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="roofline: interleaved rounds of ours / fla per row (median)")
-    args = ap.parse_args()
-    global ROOFLINE_ROUNDS
-    ROOFLINE_ROUNDS = max(1, args.rounds)
-    start = time.time()
+def results_header() -> tuple[dict[str, Any], float, Any]:
+    """(results dict with device / versions / date / copy bandwidth, copy bytes per second,
+    fla's op or None); prints the header line."""
     props = torch.cuda.get_device_properties(0)
     results: dict[str, Any] = dict(device=props.name, torch=torch.__version__,
                                    triton=triton.__version__,
@@ -505,6 +497,21 @@ def main() -> None:
     results["copy_GBps"] = bw / 1e9
     print(f"{props.name} torch {torch.__version__} triton {triton.__version__}; "
           f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    return results, bw, fla_fn
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_decode.json")
+    ap.add_argument("--sections", default="sweep,roofline,eager,dispatch,packed")
+    ap.add_argument("--sweep-budget-s", type=float, default=120.0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="roofline: interleaved rounds of ours / fla per row (median)")
+    args = ap.parse_args()
+    global ROOFLINE_ROUNDS
+    ROOFLINE_ROUNDS = max(1, args.rounds)
+    start = time.time()
+    results, bw, fla_fn = results_header()
     sections = args.sections.split(",")
     steps = [("sweep", lambda: config_sweep(bw, results, start + args.sweep_budget_s)),
              ("roofline", lambda: roofline_table(bw, fla_fn, results)),

@@ -37,19 +37,17 @@ import traceback
 from typing import Any
 
 import torch
-import triton
 from bench_decode import (
     DEV,
     H,
     K,
     Rotating,
     V,
-    _fla,
     call_kwargs,
-    copy_bandwidth,
     decode_inputs,
     graph_ms,
     io_bytes,
+    results_header,
 )
 from gdn_dispatch.backends.triton_common import recurrent as rec
 from gdn_dispatch.backends.triton_cuda import configs as cuda_configs
@@ -113,17 +111,46 @@ def _cfg_text(cfg: rec.RecurrentConfig) -> str:
     return out + (f" {cfg.evict}" if cfg.evict else "")
 
 
-def _launcher(cfg: rec.RecurrentConfig, B: int, v_first: bool, o: torch.Tensor,
-              h_out: torch.Tensor):
+def _launcher(cfg: rec.RecurrentConfig, N: int, T: int, v_first: bool, o: torch.Tensor,
+              h_out: torch.Tensor | None, pool: bool = False, hv: int | None = None):
+    """The recurrent kernel through the launcher with ``cfg``: N sequences of T tokens
+    (``cu_seqlens``), a new final state in ``h_out``, or with ``pool`` the spec-decode pool
+    mode (start at ``pool[idx[n, nat[n] - 1]]``, the state after token t into
+    ``pool[idx[n, t]]``)."""
+    hv = hv or HV
+
     def run(x: dict) -> None:
+        states: dict[str, Any] = dict(h_src=x["h0"], h_dst=h_out, dst_mode=rec.DST_NEW)
+        if pool:
+            states = dict(h_src=x["pool"], h_dst=x["pool"], idx=x["idx"], idx_mode=rec.IDX_SPEC,
+                          num_accepted=x["nat"], dst_mode=rec.DST_SPEC_INPLACE)
         rec.launch_recurrent(
-            x["q"], x["k"], x["v"], o, config=cfg, N=B, T=B, H=H, HV=HV, K=K, V=V,
+            x["q"], x["k"], x["v"], o, config=cfg, N=N, T=N * T, H=H, HV=hv, K=K, V=V,
             scale=K ** -0.5, q_strides=(0, H * K, K), k_strides=(0, H * K, K),
-            v_strides=(0, HV * V, V), o_strides=(0, HV * V, V), g=x["a"],
+            v_strides=(0, hv * V, V), o_strides=(0, hv * V, V), g=x["a"],
             gate_mode=rec.GATE_RAW, A_log=x["A_log"], dt_bias=x["dt_bias"], beta=x["b"],
             beta_mode=rec.BETA_SIGMOID, l2norm=True, state_v_first=v_first,
-            cu_seqlens=x["cu"], h_src=x["h0"], h_dst=h_out, dst_mode=rec.DST_NEW)
+            cu_seqlens=x["cu"], **states)
     return run
+
+
+def _fla_runner(fla_fn, v_first: bool):
+    """fla's fused recurrent call on an input set (the issue's flags)."""
+    return lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
+                            **call_kwargs(x, v_first))
+
+
+def _summarize(times: dict[str, list[float]], nbytes: int | dict[str, int],
+               copy_bw: float) -> dict[str, dict[str, Any]]:
+    """Per runner: median us, fraction of copy bandwidth (``nbytes``: one count for all, or
+    per runner), the rounds in us."""
+    out = {}
+    for name, ts in times.items():
+        ms = statistics.median(ts)
+        b = nbytes[name] if isinstance(nbytes, dict) else nbytes
+        out[name] = dict(us=ms * 1e3, frac=b / (ms * 1e-3) / copy_bw,
+                         rounds_us=[t * 1e3 for t in ts])
+    return out
 
 
 def small_batches(copy_bw: float, fla_fn, results: dict) -> None:
@@ -141,27 +168,22 @@ def small_batches(copy_bw: float, fla_fn, results: dict) -> None:
                 table = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype,
                                                                K, V, B * HV)
                 runners: dict[str, Any] = {"table " + _cfg_text(table):
-                                           _launcher(table, B, v_first, o, h_out)}
+                                           _launcher(table, B, 1, v_first, o, h_out)}
                 for cfg in SMALL_CANDIDATES[(es, v_first)]:
                     if cfg != table:
-                        runners[_cfg_text(cfg)] = _launcher(cfg, B, v_first, o, h_out)
+                        runners[_cfg_text(cfg)] = _launcher(cfg, B, 1, v_first, o, h_out)
 
                 def via_gdn(x):
                     return gdn.fused_recurrent_gated_delta_rule(
                         x["q"], x["k"], x["v"], x["a"], x["b"], **call_kwargs(x, v_first))
                 runners["gdn"] = via_gdn
                 if fla_fn is not None:
-                    runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
-                                                      **call_kwargs(x, v_first))
+                    runners["fla"] = _fla_runner(fla_fn, v_first)
                 times = interleaved_ms(runners, rot.sets, sbytes)
                 names = list(runners)
                 row: dict[str, Any] = dict(state=str(state_dtype)[6:],
                                            layout="vk" if v_first else "kv", B=B)
-                ours_bytes = 2 * sbytes + io_bytes(B, HV)
-                for name, ts in times.items():
-                    ms = statistics.median(ts)
-                    row[name] = dict(us=ms * 1e3, frac=ours_bytes / (ms * 1e-3) / copy_bw,
-                                     rounds_us=[t * 1e3 for t in ts])
+                row.update(_summarize(times, 2 * sbytes + io_bytes(B, HV), copy_bw))
                 rows.append(row)
                 best = min((n for n in times if n != "fla"), key=lambda n: row[n]["us"])
                 fla_us = row["fla"]["us"] if "fla" in row else float("nan")
@@ -219,42 +241,20 @@ def spec_decode(copy_bw: float, fla_fn, results: dict) -> None:
 
                     runners: dict[str, Any] = {"final": final_only, "spec_pool": pool_mode}
                     if fla_fn is not None:
-                        runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"],
-                                                          beta=x["b"], **kw(x))
+                        runners["fla"] = _fla_runner(fla_fn, v_first)
                     times = interleaved_ms(runners, rot.sets, sbytes)
                     names = list(runners)
                     byte_counts = {"final": 2 * sbytes + io, "spec_pool": (1 + T) * sbytes + io,
                                    "fla": sbytes + N * HV * K * V * 4 + io}
                     row: dict[str, Any] = dict(state=str(state_dtype)[6:],
                                                layout="vk" if v_first else "kv", N=N, T=T)
-                    for name, ts in times.items():
-                        ms = statistics.median(ts)
-                        row[name] = dict(us=ms * 1e3,
-                                         frac=byte_counts[name] / (ms * 1e-3) / copy_bw,
-                                         rounds_us=[t * 1e3 for t in ts])
+                    row.update(_summarize(times, byte_counts, copy_bw))
                     rows.append(row)
                     print(f"spec {row['state']:8s} {row['layout']} N={N:4d} T={T}: "
                           + " | ".join(f"{n} {row[n]['us']:.1f} us ({row[n]['frac']:.3f})"
                                        for n in names), flush=True)
                     rot = None
     results["spec"] = rows
-
-
-def _multi_launcher(cfg: rec.RecurrentConfig, N: int, T: int, v_first: bool, pool: bool,
-                    o: torch.Tensor, h_out: torch.Tensor):
-    def run(x: dict) -> None:
-        kw: dict[str, Any] = dict(h_src=x["h0"], h_dst=h_out, dst_mode=rec.DST_NEW)
-        if pool:
-            kw = dict(h_src=x["pool"], h_dst=x["pool"], idx=x["idx"], idx_mode=rec.IDX_SPEC,
-                      num_accepted=x["nat"], dst_mode=rec.DST_SPEC_INPLACE)
-        rec.launch_recurrent(
-            x["q"], x["k"], x["v"], o, config=cfg, N=N, T=N * T, H=H, HV=HV, K=K, V=V,
-            scale=K ** -0.5, q_strides=(0, H * K, K), k_strides=(0, H * K, K),
-            v_strides=(0, HV * V, V), o_strides=(0, HV * V, V), g=x["a"],
-            gate_mode=rec.GATE_RAW, A_log=x["A_log"], dt_bias=x["dt_bias"], beta=x["b"],
-            beta_mode=rec.BETA_SIGMOID, l2norm=True, state_v_first=v_first,
-            cu_seqlens=x["cu"], **kw)
-    return run
 
 
 def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
@@ -281,20 +281,16 @@ def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
                         runners: dict[str, Any] = {}
                         for n, cfg in enumerate(cands):
                             name = ("table " if n == 0 else "") + _cfg_text(cfg)
-                            runners[name] = _multi_launcher(cfg, N, T, v_first, pool, o, h_out)
+                            runners[name] = _launcher(cfg, N, T, v_first, o, h_out, pool)
                         if fla_fn is not None and not pool:
-                            runners["fla"] = lambda x: fla_fn(
-                                x["q"], x["k"], x["v"], x["a"], beta=x["b"],
-                                **call_kwargs(x, v_first))
+                            runners["fla"] = _fla_runner(fla_fn, v_first)
                         times = interleaved_ms(runners, rot.sets, sbytes)
                         names = list(runners)
                         nbytes = ((1 + T) if pool else 2) * sbytes + io
                         row: dict[str, Any] = dict(state=str(state_dtype)[6:],
                                                    layout="vk" if v_first else "kv", N=N, T=T,
                                                    mode="spec_pool" if pool else "final")
-                        for name, ts in times.items():
-                            ms = statistics.median(ts)
-                            row[name] = dict(us=ms * 1e3, frac=nbytes / (ms * 1e-3) / copy_bw)
+                        row.update(_summarize(times, nbytes, copy_bw))
                         rows.append(row)
                         best = min((n for n in names if n != "fla"), key=lambda n: row[n]["us"])
                         print(f"multi {row['state']:8s} {row['layout']} N={N:4d} T={T} "
@@ -314,64 +310,47 @@ LARGE_VK_CASES = ((32, 256), (32, 1024), (64, 256))  # (HV, B)
 
 def open_questions(copy_bw: float, fla_fn, results: dict) -> None:
     """fp32 vk large-batch tiles vs fla; spec-pool T = 1: one-token vs multi-token config."""
-    global HV
     rows = []
-    hv_default = HV
-    try:
-        for hv, B in LARGE_VK_CASES:
-            HV = hv
-            sbytes = B * HV * K * V * 4
-            rot = Rotating(lambda i: decode_inputs(B, HV, torch.float32, True, i),
-                           sbytes + io_bytes(B, HV))
-            o = torch.empty(1, B, HV, V, device=DEV, dtype=torch.bfloat16)
-            h_out = torch.empty_like(rot.sets[0]["h0"])
-            runners: dict[str, Any] = {_cfg_text(c): _launcher(c, B, True, o, h_out)
-                                       for c in LARGE_VK_CANDIDATES}
-            if fla_fn is not None:
-                runners["fla"] = lambda x: fla_fn(x["q"], x["k"], x["v"], x["a"], beta=x["b"],
-                                                  **call_kwargs(x, True))
+    for hv, B in LARGE_VK_CASES:
+        sbytes = B * hv * K * V * 4
+        rot = Rotating(lambda i: decode_inputs(B, hv, torch.float32, True, i),
+                       sbytes + io_bytes(B, hv))
+        o = torch.empty(1, B, hv, V, device=DEV, dtype=torch.bfloat16)
+        h_out = torch.empty_like(rot.sets[0]["h0"])
+        runners: dict[str, Any] = {_cfg_text(c): _launcher(c, B, 1, True, o, h_out, hv=hv)
+                                   for c in LARGE_VK_CANDIDATES}
+        if fla_fn is not None:
+            runners["fla"] = _fla_runner(fla_fn, True)
+        times = interleaved_ms(runners, rot.sets, sbytes)
+        row: dict[str, Any] = dict(case="fp32 vk large", HV=hv, B=B)
+        row.update(_summarize(times, 2 * sbytes + io_bytes(B, hv), copy_bw))
+        rows.append(row)
+        print(f"large vk HV={hv} B={B}: " + " | ".join(
+            f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
+        rot = None
+    N, T = 256, 1
+    for state_dtype in (torch.float32, torch.bfloat16):
+        for v_first in (False, True):
+            sbytes = N * HV * K * V * state_dtype.itemsize
+            rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
+                           2 * sbytes + io_bytes(N, HV))
+            o = torch.empty(1, N, HV, V, device=DEV, dtype=torch.bfloat16)
+            one = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype, K, V,
+                                                         N * HV)
+            multi = cuda_configs.recurrent_config_for_arch(
+                "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=2,
+                per_token_states=True)
+            runners = {"one-token " + _cfg_text(one): _launcher(one, N, T, v_first, o, None, True),
+                       "multi-token " + _cfg_text(multi): _launcher(multi, N, T, v_first, o, None,
+                                                                    True)}
             times = interleaved_ms(runners, rot.sets, sbytes)
-            nbytes = 2 * sbytes + io_bytes(B, HV)
-            row: dict[str, Any] = dict(case="fp32 vk large", HV=HV, B=B)
-            for name, ts in times.items():
-                ms = statistics.median(ts)
-                row[name] = dict(us=ms * 1e3, frac=nbytes / (ms * 1e-3) / copy_bw,
-                                 rounds_us=[t * 1e3 for t in ts])
+            row = dict(case="spec pool T=1", state=str(state_dtype)[6:],
+                       layout="vk" if v_first else "kv", N=N)
+            row.update(_summarize(times, 2 * sbytes + io_bytes(N, HV), copy_bw))
             rows.append(row)
-            print(f"large vk HV={HV} B={B}: " + " | ".join(
+            print(f"spec T=1 {row['state']} {row['layout']} N={N}: " + " | ".join(
                 f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
             rot = None
-        HV = hv_default
-        N, T = 256, 1
-        for state_dtype in (torch.float32, torch.bfloat16):
-            for v_first in (False, True):
-                es = state_dtype.itemsize
-                sbytes = N * HV * K * V * es
-                rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
-                               2 * sbytes + io_bytes(N, HV))
-                o = torch.empty(1, N, HV, V, device=DEV, dtype=torch.bfloat16)
-                one = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype, K, V,
-                                                             N * HV)
-                multi = cuda_configs.recurrent_config_for_arch(
-                    "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=2,
-                    per_token_states=True)
-                runners = {"one-token " + _cfg_text(one): _multi_launcher(one, N, T, v_first,
-                                                                          True, o, o),
-                           "multi-token " + _cfg_text(multi): _multi_launcher(
-                               multi, N, T, v_first, True, o, o)}
-                times = interleaved_ms(runners, rot.sets, sbytes)
-                nbytes = 2 * sbytes + io_bytes(N, HV)
-                row = dict(case="spec pool T=1", state=str(state_dtype)[6:],
-                           layout="vk" if v_first else "kv", N=N)
-                for name, ts in times.items():
-                    ms = statistics.median(ts)
-                    row[name] = dict(us=ms * 1e3, frac=nbytes / (ms * 1e-3) / copy_bw)
-                rows.append(row)
-                print(f"spec T=1 {row['state']} {row['layout']} N={N}: " + " | ".join(
-                    f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
-                rot = None
-    finally:
-        HV = hv_default
     results["open"] = rows
 
 
@@ -381,15 +360,7 @@ def main() -> None:
     ap.add_argument("--sections", default="small,spec")
     args = ap.parse_args()
     start = time.time()
-    props = torch.cuda.get_device_properties(0)
-    results: dict[str, Any] = dict(device=props.name, torch=torch.__version__,
-                                   triton=triton.__version__,
-                                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    fla_fn = _fla()
-    bw = copy_bandwidth()
-    results["copy_GBps"] = bw / 1e9
-    print(f"{props.name} torch {torch.__version__} triton {triton.__version__}; "
-          f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    results, bw, fla_fn = results_header()
     steps = {"small": lambda: small_batches(bw, fla_fn, results),
              "spec": lambda: spec_decode(bw, fla_fn, results),
              "multi": lambda: multi_token(bw, fla_fn, results),
