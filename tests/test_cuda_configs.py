@@ -47,10 +47,14 @@ def test_lookup_follows_tokens_and_store_mode(state_dtype, elem, v_first):
         got = cc.recurrent_config_for_arch("sm_90", v_first, state_dtype, 128, 128, heads,
                                            tokens_per_seq=2, per_token_states=True)
         assert got == per_token
-        # one token with per-token stores (spec decode with T = 1) stays on the decode table
+        # one token with per-token stores (spec decode with T = 1): the decode table, unless
+        # the spec table overrides that bucket (fp32 vk large)
+        spec = cc.SPEC_ONE_TOKEN_TABLE.get(("sm_90", v_first, elem), {}).get(bucket, one)
         got = cc.recurrent_config_for_arch("sm_90", v_first, state_dtype, 128, 128, heads,
                                            tokens_per_seq=1, per_token_states=True)
-        assert got == one
+        assert got == spec
+        if (v_first, elem, bucket) == (True, 4, "large"):
+            assert spec != one and not spec.packed and spec.num_warps == 1
 
 
 def test_multi_token_tile_fits_large_k():

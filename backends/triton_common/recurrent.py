@@ -885,10 +885,15 @@ def aot_specs(arch: str) -> list[dict[str, Any]]:
     for v_first in (False, True):
         for state_dtype in (torch.float32, torch.bfloat16):
             large = config_for(arch, v_first, state_dtype, 128, 128, 1 << 20)
+            try:  # one token per sequence with per-token stores (spec pool, T = 1)
+                spec_large = config_for(arch, v_first, state_dtype, 128, 128, 1 << 20,
+                                        per_token_states=True)
+            except TypeError:  # a vendor table without a store-mode argument
+                spec_large = large
             # (config, input dtype, variants, name tag); the spec-decode state modes too, so
             # every vendor's targets compile them
             wanted = [(large, torch.bfloat16, one_token, ""), (large, torch.float16, one_token, ""),
-                      (large, torch.bfloat16, ("spec_decode",), "")]
+                      (spec_large, torch.bfloat16, ("spec_decode",), "")]
             # one-token buckets: 1, 132, 1056 heads (tiny / small / medium on 132 SMs)
             wanted += [(config_for(arch, v_first, state_dtype, 128, 128, n), torch.bfloat16,
                         one_token, f"_n{n}") for n in (1, 132, 1056)]

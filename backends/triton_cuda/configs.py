@@ -22,7 +22,7 @@ from gdn_dispatch.probe import DeviceProbe
 
 __all__ = ["recurrent_config", "recurrent_config_for_arch", "gating_config", "l2norm_config",
            "split_config", "batch_bucket", "clear_config_cache", "RECURRENT_TABLE",
-           "MULTI_TOKEN_TABLE"]
+           "MULTI_TOKEN_TABLE", "SPEC_ONE_TOKEN_TABLE"]
 
 # (arch family, state_v_first, state element bytes) -> config per batch bucket.  Buckets by
 # (sequences x value heads) per SM: "tiny" < 1/2 (B = 1-2 at HV = 32: one program's latency
@@ -160,6 +160,19 @@ for (_arch, _v_first, _elem), _row in list(MULTI_TOKEN_TABLE.items()):
     for _other in ("sm_80", "sm_100"):  # untuned there: the same (plain tiles, no caps)
         MULTI_TOKEN_TABLE[(_other, _v_first, _elem)] = _row
 
+# One token per sequence with a state stored after it (vLLM's spec-decode pool with T = 1):
+# the one-token table, except where its tile needs many more registers in the per-token
+# store variant.  fp32 vk large: BV=64 w4 takes 208 registers there (168 without the
+# per-token stores; sm_90 AOT) and ran at 0.823 of copy bandwidth, BV=16 w1 (the per-token
+# multi-token pick, 128 registers) at 0.959 (H100, 2026-12-05 08:55 UTC, ``bench_decode_small.py
+# --sections open``, N = 256, HV = 32: 437.0 vs 375.1 us).  The other layouts / dtypes were
+# faster on the one-token pick (fp32 kv 369.9 vs 392.7, bf16 kv 209.2 vs 237.5, bf16 vk 200.4
+# vs 206.9 us).  Rows absent here: the one-token table.
+SPEC_ONE_TOKEN_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
+    ("sm_90", True, 4): {"large": _R1(BV=16)},
+}
+SPEC_ONE_TOKEN_TABLE[("sm_80", True, 4)] = SPEC_ONE_TOKEN_TABLE[("sm_90", True, 4)]
+
 _TINY_PER_SM, _SMALL_PER_SM, _MEDIUM_PER_SM = 0.5, 4, 32
 _SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
 
@@ -191,6 +204,8 @@ def _recurrent(arch: str, sms: int, v_first: bool, elem: int, K: int, V: int,
         cfg = MULTI_TOKEN_TABLE[(_family(arch), v_first, elem)][bucket][int(per_token_states)]
         return _fit_held(cfg, K)
     cfg = RECURRENT_TABLE[(_family(arch), v_first, elem)][bucket]
+    if per_token_states:
+        cfg = SPEC_ONE_TOKEN_TABLE.get((_family(arch), v_first, elem), {}).get(bucket, cfg)
     if cfg.chunk_k and not v_first:
         # two-pass: the first pass issues every chunk's loads at once, so keep the tile at
         # <= 512 bytes per thread (the tuned K = 128 tiles), e.g. BV=32 for K = 256
