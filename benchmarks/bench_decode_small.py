@@ -20,8 +20,8 @@ inputs), GPU times from CUDA-graph replays (``bench_decode.graph_ms``):
   fla for the final-state call.
 
 - ``open`` (not in the default sections): the open questions of issue 7 -- fp32 vk
-  large-batch tiles against fla (B = 256 / 1024), and the spec-pool mode with one token per
-  sequence through the one-token vs the multi-token config.
+  tiles against fla (B = 32 / 256 / 1024), and the spec-pool mode with one token per sequence
+  (N = 32 / 256) through the table's pick, the multi-token config and alternatives.
 
 Usage: ``python benchmarks/bench_decode_small.py [--sections small,spec,multi,open] [--out FILE]``.
 """
@@ -301,56 +301,83 @@ def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
     results["multi"] = rows
 
 
-# open questions of issue 7 (docs/performance.md, "Fourth session"): the fp32 vk large tile
-# (fla 0.3% faster at B=256 with the table's BV=64 w4), and the spec-pool mode with one token
-# per sequence (fp32 vk at 0.83: the BV=64 w4 spec variant needs 208 registers)
-LARGE_VK_CANDIDATES = [_R(64, 4), _R(16, 1), _R(8, 1), _R(32, 2), _R(16, 1, evict=_EF)]
-LARGE_VK_CASES = ((32, 256), (32, 1024), (64, 256))  # (HV, B)
+# open questions of issue 7 (docs/performance.md, "Fourth session" and "Sixth session"): the
+# fp32 vk tiles at medium and large batches (fla 0.2-1.8% faster at B = 32 / 256 with the
+# table's BV=16 w1 / BV=64 w4), and the spec-pool mode with one token per sequence (fp32 vk at
+# 0.83 of copy: the BV=64 w4 spec variant needs 208 registers)
+VK_FP32_CANDIDATES = [_R(64, 4), _R(32, 2), _R(16, 1), _R(16, 1, evict=_EF), _R(8, 1),
+                      _R(8, 1, evict=_EF)]
+VK_FP32_CASES = ((32, 32), (64, 32), (32, 256), (32, 1024), (64, 256))  # (HV, B)
+# extra spec-pool T = 1 candidates, per (state bytes, v_first), next to the table's picks
+SPEC_T1_EXTRA: dict[tuple[int, bool], list[rec.RecurrentConfig]] = {
+    (4, True): [_R(16, 1), _R(8, 1, evict=_EF), _R(32, 2)]}
+OPEN_ROUNDS = 5
 
 
 def open_questions(copy_bw: float, fla_fn, results: dict) -> None:
-    """fp32 vk large-batch tiles vs fla; spec-pool T = 1: one-token vs multi-token config."""
+    """fp32 vk medium / large tiles vs fla; spec-pool T = 1: one-token vs multi-token config
+    (and extra tiles), N = 32 / 256.  OPEN_ROUNDS interleaved rounds each."""
+    global ROUNDS
+    saved, ROUNDS = ROUNDS, OPEN_ROUNDS
+    try:
+        _open_questions(copy_bw, fla_fn, results)
+    finally:
+        ROUNDS = saved
+
+
+def _open_questions(copy_bw: float, fla_fn, results: dict) -> None:
     rows = []
-    for hv, B in LARGE_VK_CASES:
+    for hv, B in VK_FP32_CASES:
         sbytes = B * hv * K * V * 4
         rot = Rotating(lambda i: decode_inputs(B, hv, torch.float32, True, i),
                        sbytes + io_bytes(B, hv))
         o = torch.empty(1, B, hv, V, device=DEV, dtype=torch.bfloat16)
         h_out = torch.empty_like(rot.sets[0]["h0"])
-        runners: dict[str, Any] = {_cfg_text(c): _launcher(c, B, 1, True, o, h_out, hv=hv)
-                                   for c in LARGE_VK_CANDIDATES}
+        table = cuda_configs.recurrent_config_for_arch("sm_90", True, torch.float32, K, V,
+                                                       B * hv)
+        runners: dict[str, Any] = {"table " + _cfg_text(table):
+                                   _launcher(table, B, 1, True, o, h_out, hv=hv)}
+        runners.update({_cfg_text(c): _launcher(c, B, 1, True, o, h_out, hv=hv)
+                        for c in VK_FP32_CANDIDATES if c != table})
         if fla_fn is not None:
             runners["fla"] = _fla_runner(fla_fn, True)
         times = interleaved_ms(runners, rot.sets, sbytes)
-        row: dict[str, Any] = dict(case="fp32 vk large", HV=hv, B=B)
+        row: dict[str, Any] = dict(case="fp32 vk", HV=hv, B=B)
         row.update(_summarize(times, 2 * sbytes + io_bytes(B, hv), copy_bw))
         rows.append(row)
-        print(f"large vk HV={hv} B={B}: " + " | ".join(
+        print(f"fp32 vk HV={hv} B={B}: " + " | ".join(
             f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
         rot = None
-    N, T = 256, 1
-    for state_dtype in (torch.float32, torch.bfloat16):
-        for v_first in (False, True):
-            sbytes = N * HV * K * V * state_dtype.itemsize
-            rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
-                           2 * sbytes + io_bytes(N, HV))
-            o = torch.empty(1, N, HV, V, device=DEV, dtype=torch.bfloat16)
-            one = cuda_configs.recurrent_config_for_arch("sm_90", v_first, state_dtype, K, V,
-                                                         N * HV)
-            multi = cuda_configs.recurrent_config_for_arch(
-                "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=2,
-                per_token_states=True)
-            runners = {"one-token " + _cfg_text(one): _launcher(one, N, T, v_first, o, None, True),
-                       "multi-token " + _cfg_text(multi): _launcher(multi, N, T, v_first, o, None,
-                                                                    True)}
-            times = interleaved_ms(runners, rot.sets, sbytes)
-            row = dict(case="spec pool T=1", state=str(state_dtype)[6:],
-                       layout="vk" if v_first else "kv", N=N)
-            row.update(_summarize(times, 2 * sbytes + io_bytes(N, HV), copy_bw))
-            rows.append(row)
-            print(f"spec T=1 {row['state']} {row['layout']} N={N}: " + " | ".join(
-                f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times), flush=True)
-            rot = None
+    T = 1
+    for N in SPEC_N:
+        for state_dtype in (torch.float32, torch.bfloat16):
+            for v_first in (False, True):
+                sbytes = N * HV * K * V * state_dtype.itemsize
+                rot = Rotating(lambda i: _spec_inputs(N, T, state_dtype, v_first, i),
+                               2 * sbytes + io_bytes(N, HV))
+                o = torch.empty(1, N, HV, V, device=DEV, dtype=torch.bfloat16)
+                table = cuda_configs.recurrent_config_for_arch(
+                    "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=1,
+                    per_token_states=True)
+                multi = cuda_configs.recurrent_config_for_arch(
+                    "sm_90", v_first, state_dtype, K, V, N * HV, tokens_per_seq=2,
+                    per_token_states=True)
+                runners = {"table " + _cfg_text(table):
+                           _launcher(table, N, T, v_first, o, None, True)}
+                extra = [multi] + SPEC_T1_EXTRA.get((state_dtype.itemsize, v_first), [])
+                for c in extra:
+                    if c != table:
+                        runners.setdefault(_cfg_text(c), _launcher(c, N, T, v_first, o, None,
+                                                                   True))
+                times = interleaved_ms(runners, rot.sets, sbytes)
+                row = dict(case="spec pool T=1", state=str(state_dtype)[6:],
+                           layout="vk" if v_first else "kv", N=N)
+                row.update(_summarize(times, 2 * sbytes + io_bytes(N, HV), copy_bw))
+                rows.append(row)
+                print(f"spec T=1 {row['state']} {row['layout']} N={N}: " + " | ".join(
+                    f"{n} {row[n]['us']:.1f} ({row[n]['frac']:.3f})" for n in times),
+                    flush=True)
+                rot = None
     results["open"] = rows
 
 
