@@ -64,11 +64,19 @@ RECURRENT_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
                           "large": RecurrentConfig(BV=64, num_warps=2, chunk_k=64)},
     # vk small / medium: one-warp programs (H100, 2026-11-25 14:57 UTC, fraction of copy
     # bandwidth through the launcher: B=8 BV=8 w1 0.831 vs BV=16 w2 0.739 (fla 0.780);
-    # B=32 BV=16 w1 0.894 vs 0.860 (fla 0.874), HV=64 B=32 0.957 vs 0.930 (fla 0.932))
+    # B=32 BV=16 w1 0.894 vs 0.860 (fla 0.874), HV=64 B=32 0.957 vs 0.930 (fla 0.932)).
+    # medium / large re-measured (H100, 2026-12-05 09:07 UTC, ``bench_decode_small.py
+    # --sections open``, CUDA-graph us, median of 5 interleaved rounds, fla in the same
+    # rounds): B=32 HV=32 / 64: BV=16 w1 evict-first 49.6 / 95.0 (no hint 50.3 / 95.3,
+    # BV=8 w1 evict-first 49.3 / 95.2; fla 49.9 / 96.0); large, B=256 HV=32 / B=1024 HV=32 /
+    # B=256 HV=64: BV=32 w2 365.4 / 1435.5 / 720.5 (BV=64 w4 366.2 / 1430.9 / 721.1, BV=16 w1
+    # 365.2 / 1441.1 / 723.1; fla 365.9 / 1442.7 / 724.3).  BV=32 w2 was within 0.3% of the
+    # best tile and ahead of fla in all six large rows of two such studies that day; BV=64 w4
+    # behind fla in one (the tiles differ by less than the run-to-run spread, ~0.5%)
     ("sm_90", True, 4): {"tiny": _EVICT_FIRST_8,
                          "small": _EVICT_FIRST_8,
-                         "medium": RecurrentConfig(BV=16, num_warps=1),
-                         "large": RecurrentConfig(BV=64, num_warps=4)},
+                         "medium": RecurrentConfig(BV=16, num_warps=1, evict=_EVICT),
+                         "large": RecurrentConfig(BV=32, num_warps=2)},
     # 16-bit states, medium/large: the tile stays in the state dtype in registers
     # (``packed``), one warp per program (no cross-warp reductions: no barriers), registers
     # capped (``maxnreg``) so that ptxas does not widen the whole tile ahead of its uses: kv
@@ -115,9 +123,11 @@ for _arch in ("sm_80", "sm_100"):
     RECURRENT_TABLE[(_arch, False, 2)] = {**RECURRENT_TABLE[(_arch, False, 2)],
                                           "medium": _TWO_PASS_KV16_SAFE,
                                           "large": _TWO_PASS_KV16_SAFE}
-# sm_100, fp32 vk, large: BV=64 w4 spills 16 B there in the spec-decode variant (one token
-# per sequence with per-token stores); BV=16 w1 holds a quarter of the tile per thread and was
-# the fastest vk tile of the H100 sweep at B = 256 (363.6 us vs 365.9 for BV=64 w4)
+# sm_100, fp32 vk, large: BV=64 w4 (sm_90's tile until 2026-12-05) spills 16 B there in the
+# spec-decode variant (one token per sequence with per-token stores); BV=16 w1 holds a quarter
+# of the tile per thread and was the fastest vk tile of the H100 sweep at B = 256 (363.6 us vs
+# 365.9 for BV=64 w4; in the 2026-12-05 study 365.2 vs 365.4 for sm_90's BV=32 w2, and 0.4%
+# behind BV=32 w2 at B = 1024)
 RECURRENT_TABLE[("sm_100", True, 4)] = {**RECURRENT_TABLE[("sm_100", True, 4)],
                                         "large": RecurrentConfig(BV=16, num_warps=1)}
 
@@ -164,14 +174,20 @@ for (_arch, _v_first, _elem), _row in list(MULTI_TOKEN_TABLE.items()):
 # the one-token table, except where its tile needs many more registers in the per-token
 # store variant.  fp32 vk large: BV=64 w4 takes 208 registers there (168 without the
 # per-token stores; sm_90 AOT) and ran at 0.823 of copy bandwidth, BV=16 w1 (the per-token
-# multi-token pick, 128 registers) at 0.959 (H100, 2026-12-05 08:55 UTC, ``bench_decode_small.py
+# multi-token pick, 128 registers) at 0.959 (H100, 2026-12-05 08:47 UTC, ``bench_decode_small.py
 # --sections open``, N = 256, HV = 32: 437.0 vs 375.1 us).  The other layouts / dtypes were
 # faster on the one-token pick (fp32 kv 369.9 vs 392.7, bf16 kv 209.2 vs 237.5, bf16 vk 200.4
-# vs 206.9 us).  Rows absent here: the one-token table.
+# vs 206.9 us).  N = 32 (medium, 09:07 UTC, 5 rounds): fp32 kv held BV=32 w1 (the per-token
+# multi-token pick) 50.6 us (0.889) vs the two-pass one-token tile 54.6 (0.824); fp32 vk
+# BV=16 w1 52.4 vs BV=8 w1 evict-first 52.2, bf16 kv / vk the one-token pick 32.8 / 29.9 vs
+# 35.5 / 30.2.  (fp32 vk large, after the one-token large tile became BV=32 w2: BV=16 w1
+# 372.6 vs BV=32 w2 420.4.)  Rows / buckets absent here: the one-token table.
 SPEC_ONE_TOKEN_TABLE: dict[tuple[str, bool, int], dict[str, RecurrentConfig]] = {
+    ("sm_90", False, 4): {"medium": _R1(BV=32)},
     ("sm_90", True, 4): {"large": _R1(BV=16)},
 }
-SPEC_ONE_TOKEN_TABLE[("sm_80", True, 4)] = SPEC_ONE_TOKEN_TABLE[("sm_90", True, 4)]
+for (_arch, _v_first, _elem), _row in list(SPEC_ONE_TOKEN_TABLE.items()):
+    SPEC_ONE_TOKEN_TABLE[("sm_80", _v_first, _elem)] = _row
 
 _TINY_PER_SM, _SMALL_PER_SM, _MEDIUM_PER_SM = 0.5, 4, 32
 _SMS = {"sm_80": 108, "sm_90": 132, "sm_100": 148, "sm_120": 84}
