@@ -237,17 +237,22 @@ def _table_configs() -> list:
     for (family, _v, _e), row in cc.MULTI_TOKEN_TABLE.items():
         for pair in row.values():
             found += [c for c in pair if family == "sm_90" and c not in found]
-    for (family, _v, _e), row in cc.RECURRENT_TABLE.items():
-        cfg = row["tiny"]
-        if family == "sm_90" and not cfg.chunk_k and cfg not in found:
-            found.append(cfg)
+    rows = list(cc.RECURRENT_TABLE.items()) + list(cc.SPEC_ONE_TOKEN_TABLE.items())
+    for (family, _v, _e), row in rows:
+        for bucket, cfg in row.items():
+            # every held tile (the tiny bucket's packed ones too); two-pass tiles have their
+            # own test, packed ones of larger buckets run in the GPU tests
+            held = not cfg.chunk_k and (bucket == "tiny" or not cfg.packed)
+            if family == "sm_90" and held and cfg not in found:
+                found.append(cfg)
     return found
 
 
 @pytest.mark.parametrize("cfg", _table_configs(), ids=str)
-def test_tiny_and_multi_token_table_configs(monkeypatch, cfg):
-    """The sm_90 multi-token and tiny-batch configs as they are: several tokens per sequence
-    (final state, spec decode with per-token states, varlen with an empty sequence) and one."""
+def test_held_table_configs(monkeypatch, cfg):
+    """The sm_90 held-tile configs of the tables as they are (multi-token, spec pool with one
+    token, and the one-token buckets): several tokens per sequence (final state, spec decode
+    with per-token states, varlen with an empty sequence) and one."""
     from gdn_dispatch.backends.triton_cuda import decode
 
     configs = dataclasses.replace(decode.OPS.configs, recurrent=lambda *a, **k: cfg)
