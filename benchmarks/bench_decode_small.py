@@ -303,8 +303,8 @@ def multi_token(copy_bw: float, fla_fn, results: dict) -> None:
 
 # open questions of issue 7 (docs/performance.md, "Fourth session" and "Sixth session"): the
 # fp32 vk tiles at medium and large batches (fla 0.2-1.8% faster at B = 32 / 256 with the
-# table's BV=16 w1 / BV=64 w4), and the spec-pool mode with one token per sequence (fp32 vk at
-# 0.83 of copy: the BV=64 w4 spec variant needs 208 registers)
+# tiles the table had then, BV=16 w1 / BV=64 w4), and the spec-pool mode with one token per
+# sequence (fp32 vk at 0.83 of copy: the BV=64 w4 spec variant needs 208 registers)
 VK_FP32_CANDIDATES = [_R(64, 4), _R(32, 2), _R(16, 1), _R(16, 1, evict=_EF), _R(8, 1),
                       _R(8, 1, evict=_EF)]
 VK_FP32_CASES = ((32, 32), (64, 32), (32, 256), (32, 1024), (64, 256))  # (HV, B)
