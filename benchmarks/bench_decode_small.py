@@ -86,12 +86,13 @@ SPEC_N = (32, 256)
 SPEC_T = (1, 2, 3, 4)
 
 
-def interleaved_ms(runners: dict[str, Any], sets: list[dict], out_bytes: int) -> dict[str, list[float]]:
-    """GPU ms per call of every runner in ROUNDS rounds, each round in a rotated order (so a
-    drift of the GPU's clocks hits every runner alike); NaN for a runner that fails."""
+def interleaved_ms(runners: dict[str, Any], sets: list[dict], out_bytes: int,
+                   rounds: int = ROUNDS) -> dict[str, list[float]]:
+    """GPU ms per call of every runner in ``rounds`` rounds, each round in a rotated order (so
+    a drift of the GPU's clocks hits every runner alike); NaN for a runner that fails."""
     times: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             try:
                 times[name].append(graph_ms(runners[name], sets, out_bytes))
@@ -317,15 +318,6 @@ OPEN_ROUNDS = 5
 def open_questions(copy_bw: float, fla_fn, results: dict) -> None:
     """fp32 vk medium / large tiles vs fla; spec-pool T = 1: one-token vs multi-token config
     (and extra tiles), N = 32 / 256.  OPEN_ROUNDS interleaved rounds each."""
-    global ROUNDS
-    saved, ROUNDS = ROUNDS, OPEN_ROUNDS
-    try:
-        _open_questions(copy_bw, fla_fn, results)
-    finally:
-        ROUNDS = saved
-
-
-def _open_questions(copy_bw: float, fla_fn, results: dict) -> None:
     rows = []
     for hv, B in VK_FP32_CASES:
         sbytes = B * hv * K * V * 4
@@ -341,7 +333,7 @@ def _open_questions(copy_bw: float, fla_fn, results: dict) -> None:
                         for c in VK_FP32_CANDIDATES if c != table})
         if fla_fn is not None:
             runners["fla"] = _fla_runner(fla_fn, True)
-        times = interleaved_ms(runners, rot.sets, sbytes)
+        times = interleaved_ms(runners, rot.sets, sbytes, OPEN_ROUNDS)
         row: dict[str, Any] = dict(case="fp32 vk", HV=hv, B=B)
         row.update(_summarize(times, 2 * sbytes + io_bytes(B, hv), copy_bw))
         rows.append(row)
@@ -369,7 +361,7 @@ def _open_questions(copy_bw: float, fla_fn, results: dict) -> None:
                     if c != table:
                         runners.setdefault(_cfg_text(c), _launcher(c, N, T, v_first, o, None,
                                                                    True))
-                times = interleaved_ms(runners, rot.sets, sbytes)
+                times = interleaved_ms(runners, rot.sets, sbytes, OPEN_ROUNDS)
                 row = dict(case="spec pool T=1", state=str(state_dtype)[6:],
                            layout="vk" if v_first else "kv", N=N)
                 row.update(_summarize(times, 2 * sbytes + io_bytes(N, HV), copy_bw))

@@ -48,7 +48,7 @@ def test_lookup_follows_tokens_and_store_mode(state_dtype, elem, v_first):
                                            tokens_per_seq=2, per_token_states=True)
         assert got == per_token
         # one token with per-token stores (spec decode with T = 1): the decode table, unless
-        # the spec table overrides that bucket (fp32 vk large)
+        # the spec table overrides that bucket (fp32 vk large, fp32 kv medium)
         spec = cc.SPEC_ONE_TOKEN_TABLE.get(("sm_90", v_first, elem), {}).get(bucket, one)
         got = cc.recurrent_config_for_arch("sm_90", v_first, state_dtype, 128, 128, heads,
                                            tokens_per_seq=1, per_token_states=True)
